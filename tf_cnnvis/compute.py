@@ -1,0 +1,205 @@
+"""Compute: activations and reconstructions, batched through the network.
+
+Reconstructions put (image, channel) pairs in the batch dimension: the image
+is repeated once per pair and the objective sums one channel per batch item,
+so a single backward pass yields a whole chunk of reconstructions. The chunk
+size comes from a memory budget.
+
+For the single-unit target a reconstruction is zero outside the unit's
+receptive field, so it is computed on a crop around that field instead of
+the whole image. The crop is shifted inward at the border and keeps the
+layer's pooling grid (its offset is a multiple of the layer's jump and its
+size is congruent to the image size modulo the jump), so every padding and
+every max-pool switch is the same as on the full image and the result is
+identical, not approximate.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from tf_cnnvis.errors import FeedError, OptionError
+from tf_cnnvis.feeds import Feed
+from tf_cnnvis.layers import LayerInfo
+from tf_cnnvis.rebuild import RebuiltGraph
+
+logger = logging.getLogger("tf_cnnvis")
+
+TARGETS = ("map", "unit")
+DEFAULT_MEMORY_BUDGET_MB = 1024
+# Forward activations kept for the backward pass, the gradients and the
+# temporaries of the custom rules: about three copies of the forward tensors.
+_BACKWARD_FACTOR = 3
+
+
+def run(rebuilt: RebuiltGraph, fetches, feed_dict):
+    """``session.run`` with feed errors turned into a FeedError that names the input."""
+    try:
+        return rebuilt.session.run(fetches, feed_dict=feed_dict)
+    except tf.errors.InvalidArgumentError as error:
+        message = error.message.split("\n")[0]
+        if "must feed a value for placeholder" in message:
+            raise FeedError(f"the model needs a value the feed dict lacks: {message}; add it to "
+                            "value_feed_dict") from None
+        raise FeedError(f"the model rejected the feed: {message}") from None
+
+
+def activations(rebuilt: RebuiltGraph, feed: Feed, layers: list[LayerInfo]) -> dict[str, np.ndarray]:
+    """The layers' values on the user's images, in one forward pass."""
+    values = run(rebuilt, [layer.tensor for layer in layers], feed.with_images(feed.images))
+    return {layer.tensor: value for layer, value in zip(layers, values)}
+
+
+def chunk_size(rebuilt: RebuiltGraph, feed: Feed, layer: LayerInfo, image_shape,
+               memory_budget_mb: float, limit: int) -> int:
+    """How many batch items fit the memory budget for this layer."""
+    if memory_budget_mb <= 0:
+        raise OptionError(f"memory_budget_mb={memory_budget_mb!r} must be positive")
+    per_item = item_bytes(rebuilt, feed, layer, image_shape)
+    size = int(memory_budget_mb * 2**20 // max(per_item * _BACKWARD_FACTOR, 1))
+    return int(max(1, min(size, limit)))
+
+
+def item_bytes(rebuilt: RebuiltGraph, feed: Feed, layer: LayerInfo, image_shape) -> int:
+    """Bytes of every tensor between the input and ``layer`` for one image."""
+    upstream = _upstream_float_tensors(rebuilt, feed.input_name, layer.tensor)
+    total = _static_sizes(upstream)
+    if total is None:  # open shapes: measure them on one zero image
+        sizes = rebuilt.cached(("sizes", feed.input_name, layer.tensor),
+                               lambda: [tf.size(t) for t in upstream])
+        zeros = np.zeros((1,) + tuple(image_shape), feed.images.dtype)
+        total = int(sum(run(rebuilt, sizes, feed.with_images(zeros))))
+    return total * 4
+
+
+def _upstream_float_tensors(rebuilt, input_name, tensor_name):
+    graph = rebuilt.graph
+    start = graph.get_tensor_by_name(input_name).op
+    target = graph.get_tensor_by_name(tensor_name).op
+    reached = {start}
+    for op in graph.get_operations():
+        if op is target:
+            break
+        if any(t.op in reached for t in op.inputs):
+            reached.add(op)
+    ops = reached | {target}
+    return [t for op in ops for t in op.outputs if t.dtype.is_floating]
+
+
+def _static_sizes(tensors):
+    total = 0
+    for tensor in tensors:
+        dims = tensor.shape.as_list() if tensor.shape.rank is not None else None
+        if dims is None or any(d is None for d in dims[1:]):
+            return None
+        total += math.prod(dims[1:])
+    return total
+
+
+def strongest_units(values: np.ndarray) -> np.ndarray:
+    """(y, x) of each channel's maximum per image: shape (N, C, 2)."""
+    n, height, width, channels = values.shape
+    flat = values.reshape(n, height * width, channels).argmax(axis=1)
+    return np.stack(np.unravel_index(flat, (height, width)), axis=-1)
+
+
+def reconstruct(rebuilt: RebuiltGraph, feed: Feed, layer: LayerInfo, target: str = "map",
+                channels=None, layer_values: np.ndarray | None = None,
+                memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB, progress=None) -> np.ndarray:
+    """Reconstructions of ``layer`` for every image and channel.
+
+    Returns an array of shape ``(N, len(channels), *image.shape)``. For
+    ``target='unit'`` the layer's values on the images (``layer_values``)
+    give the strongest unit of each channel.
+    """
+    if target not in TARGETS:
+        raise OptionError(f"target {target!r} is not one of {', '.join(map(repr, TARGETS))}")
+    if layer.channels is None:
+        raise OptionError(f"layer {layer.name!r} has output shape {layer.shape}; reconstructions "
+                          "need a layer with channels (shape (N, H, W, C) or (N, C))")
+    channels = np.arange(layer.channels) if channels is None else np.asarray(channels)
+    images = feed.images
+    n_images = images.shape[0]
+    result = np.zeros((n_images, len(channels)) + images.shape[1:], np.float32)
+    spatial = len(layer.shape) == 4
+    use_units = target == "unit" and spatial
+    units = strongest_units(layer_values)[:, channels] if use_units else None
+    crop = _crop_plan(rebuilt, feed, layer) if use_units else None
+    item_shape = crop.size + images.shape[3:] if crop is not None else images.shape[1:]
+    batch = chunk_size(rebuilt, feed, layer, item_shape, memory_budget_mb,
+                       limit=n_images * len(channels))
+    index, grad = rebuilt.target(layer.tensor, feed.input_name, unit=use_units)
+    pairs = [(n, k) for n in range(n_images) for k in range(len(channels))]
+    for begin in range(0, len(pairs), batch):
+        chunk = pairs[begin:begin + batch]
+        image_ids = np.array([n for n, _ in chunk])
+        channel_ids = channels[[k for _, k in chunk]]
+        if not use_units:
+            inputs, indices = images[image_ids], channel_ids
+        elif crop is None:
+            yx = units[image_ids, [k for _, k in chunk]]
+            inputs, indices = images[image_ids], np.column_stack([yx, channel_ids])
+        else:
+            yx = units[image_ids, [k for _, k in chunk]]
+            offsets = crop.offsets(yx)
+            inputs = np.stack([images[n, oy:oy + crop.size[0], ox:ox + crop.size[1]]
+                               for n, (oy, ox) in zip(image_ids, offsets)])
+            local = yx - offsets // np.array(crop.jump)
+            indices = np.column_stack([local, channel_ids])
+        grads = run(rebuilt, grad, {index: indices.astype(np.int32), **feed.with_images(inputs)})
+        for item, (n, k) in enumerate(chunk):
+            if crop is None or not use_units:
+                result[n, k] = grads[item]
+            else:
+                oy, ox = offsets[item]
+                result[n, k, oy:oy + crop.size[0], ox:ox + crop.size[1]] = grads[item]
+        if progress is not None:
+            progress(len(chunk))
+    return result
+
+
+class CropPlan:
+    """Where to cut the crop that holds a unit's whole receptive field."""
+
+    def __init__(self, size, jump, start, image_size):
+        self.size = tuple(size)
+        self.jump = tuple(jump)
+        self.start = tuple(start)
+        self.image_size = tuple(image_size)
+
+    def offsets(self, yx: np.ndarray) -> np.ndarray:
+        """Crop corner per unit: aligned to the jump, shifted inside the image."""
+        jump = np.array(self.jump)
+        field_start = yx * jump + np.array(self.start)
+        aligned = np.floor_divide(field_start, jump) * jump
+        return np.clip(aligned, 0, np.array(self.image_size) - np.array(self.size)).astype(int)
+
+
+def _crop_plan(rebuilt: RebuiltGraph, feed: Feed, layer: LayerInfo) -> CropPlan | None:
+    """A crop plan, or None when the whole image must be used."""
+    from tf_cnnvis.receptive_field import receptive_field
+
+    placeholder = rebuilt.tensor(feed.input_name)
+    if placeholder.shape.rank != 4 or any(d is not None for d in placeholder.shape.as_list()[1:3]):
+        return None  # a fixed-size input cannot take crops
+    image_size = feed.images.shape[1:3]
+    try:
+        field = receptive_field(rebuilt.graph, feed.input_name, layer.tensor, tuple(image_size))
+    except (ValueError, NotImplementedError) as error:
+        logger.debug("no receptive field for %s (%s): reconstructing on whole images", layer.name, error)
+        return None
+    if field is None:
+        return None
+    size = []
+    for extent, jump, full in zip(field.size, field.jump, image_size):
+        # Big enough for the field at any alignment, congruent to the image size.
+        need = extent + jump - 1
+        crop = need + (full - need) % jump
+        size.append(min(crop, full))
+    if tuple(size) == tuple(image_size):
+        return None
+    return CropPlan(size, field.jump, field.start, image_size)

@@ -1,0 +1,173 @@
+"""Which tensors of a frozen graph are "layers", and how users pick them.
+
+A selection is a letter or a list of letters (``'r'`` ReLU-family
+activations, ``'p'`` pooling, ``'c'`` convolutions), explicit names (a Keras
+layer name, a TF op name or a tensor name), or a mix of both, exactly as the
+original tf_cnnvis accepted them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+
+import tensorflow as tf
+
+from tf_cnnvis.errors import LayerNotFoundError, OptionError
+from tf_cnnvis.load import FrozenModel
+
+RELU_OPS = frozenset({"Relu", "Relu6", "LeakyRelu", "Elu", "Selu"})
+POOL_OPS = frozenset({"MaxPool", "MaxPoolV2", "AvgPool", "MaxPoolWithArgmax"})
+CONV_OPS = frozenset({"Conv2D", "DepthwiseConv2dNative", "Conv2DBackpropInput"})
+
+LETTERS = {"r": "relu", "p": "pool", "c": "conv"}
+_KIND_OF_OP = {**{op: "relu" for op in RELU_OPS}, **{op: "pool" for op in POOL_OPS},
+               **{op: "conv" for op in CONV_OPS}}
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerInfo:
+    """One selectable layer: what ``list_layers`` returns, one per row."""
+
+    name: str
+    kind: str
+    op_type: str
+    shape: tuple
+    channels: int | None
+    tensor: str
+
+    def __str__(self):
+        shape = "x".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.name:40s} {self.kind:6s} {self.op_type:22s} {shape:18s} {self.channels}"
+
+
+def prelu_nodes(graph_def) -> tuple[set[str], set[str]]:
+    """Find PReLU layers built from plain ops: relu(x) + (-alpha) * relu(-x).
+
+    Keras builds PReLU that way. Returns (names of the ``Add`` ops that output
+    a PReLU, names of their internal ``Relu`` ops). The internal Relus are not
+    layers of their own, and a blind gradient rule on the negative-branch one
+    is wrong.
+    """
+    nodes = {node.name: node for node in graph_def.node}
+
+    def source(name):
+        return nodes.get(name.lstrip("^").split(":")[0])
+
+    outputs, internal = set(), set()
+    for node in graph_def.node:
+        if node.op not in ("Add", "AddV2") or len(node.input) != 2:
+            continue
+        first, second = source(node.input[0]), source(node.input[1])
+        for positive, product in ((first, second), (second, first)):
+            if positive is None or product is None or positive.op != "Relu" or product.op != "Mul":
+                continue
+            for factor in map(source, product.input):
+                negate = factor is not None and factor.op == "Relu" and source(factor.input[0])
+                if (negate and negate.op == "Neg"
+                        and source(negate.input[0]) is source(positive.input[0])):
+                    outputs.add(node.name)
+                    internal.update((positive.name, factor.name))
+    return outputs, internal
+
+
+def negative_branch_relus(graph_def) -> set[str]:
+    """The ``Relu(Neg(x))`` ops of PReLU layers (see :func:`prelu_nodes`)."""
+    nodes = {node.name: node for node in graph_def.node}
+    _, internal = prelu_nodes(graph_def)
+    return {name for name in internal
+            if nodes[nodes[name].input[0].split(":")[0]].op == "Neg"}
+
+
+def _depends_on_inputs(graph: tf.Graph, inputs) -> set[str]:
+    reached = {graph.get_tensor_by_name(name).op.name for name in inputs}
+    for op in graph.get_operations():  # import order is topological
+        if any(t.op.name in reached for t in op.inputs):
+            reached.add(op.name)
+    return reached
+
+
+def layer_table(graph: tf.Graph, model: FrozenModel) -> list[LayerInfo]:
+    """Every selectable layer of ``graph`` in graph order."""
+    prelu_outputs, prelu_internal = prelu_nodes(model.graph_def)
+    keras_name_of = {tensor: name for name, tensor in model.keras_layers.items()}
+    reached = _depends_on_inputs(graph, model.inputs)
+    table = []
+    for op in graph.get_operations():
+        if op.name not in reached or op.name in prelu_internal:
+            continue
+        kind = "relu" if op.name in prelu_outputs else _KIND_OF_OP.get(op.type)
+        if kind is None:
+            continue
+        tensor = op.outputs[0]
+        table.append(_info(keras_name_of.get(tensor.name, op.name), kind,
+                           "PReLU" if op.name in prelu_outputs else op.type, tensor))
+    return table
+
+
+def _info(name: str, kind: str, op_type: str, tensor) -> LayerInfo:
+    shape = tuple(tensor.shape.as_list()) if tensor.shape.rank is not None else ()
+    channels = shape[-1] if len(shape) in (2, 4) else None
+    return LayerInfo(name=name, kind=kind, op_type=op_type, shape=shape, channels=channels,
+                     tensor=tensor.name)
+
+
+def select_layers(graph: tf.Graph, model: FrozenModel, layers) -> list[LayerInfo]:
+    """Resolve a user's ``layers`` argument to LayerInfo rows (no duplicates)."""
+    if layers is None:
+        layers = "r"
+    items = [layers] if isinstance(layers, str) else list(layers)
+    if not items:
+        raise OptionError("layers is empty; give letters 'r', 'p', 'c' or layer names")
+    table = layer_table(graph, model)
+    chosen: dict[str, LayerInfo] = {}
+    for item in items:
+        if not isinstance(item, str):
+            raise OptionError(f"layer selector {item!r} is not a string; give letters "
+                              "'r', 'p', 'c' or layer names")
+        if item and set(item) <= set(LETTERS) and len(item) <= len(LETTERS):
+            kinds = {LETTERS[letter] for letter in item}
+            for info in table:
+                if info.kind in kinds:
+                    chosen.setdefault(info.tensor, info)
+            continue
+        info = _resolve_name(graph, model, table, item)
+        chosen.setdefault(info.tensor, info)
+    if not chosen:
+        raise LayerNotFoundError(
+            f"the selection {layers!r} matches no layer in this model; its layers are: "
+            f"{_summary(table)}")
+    order = {op.name: index for index, op in enumerate(graph.get_operations())}
+    return sorted(chosen.values(), key=lambda info: order[info.tensor.split(":")[0]])
+
+
+def _resolve_name(graph, model, table, name: str) -> LayerInfo:
+    by_name = {info.name: info for info in table}
+    if name in by_name:
+        return by_name[name]
+    tensor_name = model.keras_layers.get(name)
+    if tensor_name is None:
+        tensor_name = name if ":" in name else f"{name}:0"
+    try:
+        tensor = graph.get_tensor_by_name(tensor_name)
+    except (KeyError, ValueError):
+        candidates = sorted(set(by_name) | set(model.keras_layers)
+                            | {op.name for op in graph.get_operations() if op.type != "Const"})
+        close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.5)
+        hint = f"closest names: {', '.join(close)}" if close else f"layers: {_summary(table)}"
+        raise LayerNotFoundError(
+            f"no layer named {name!r} in this model; give a letter 'r', 'p', 'c', a Keras layer "
+            f"name, an op name or a tensor name ({hint})") from None
+    for info in table:
+        if info.tensor == tensor.name:
+            return info
+    kind = _KIND_OF_OP.get(tensor.op.type, "other")
+    return _info(name, kind, tensor.op.type, tensor)
+
+
+def _summary(table, limit: int = 12) -> str:
+    names = [info.name for info in table]
+    if not names:
+        return "(none of kinds relu, pool, conv)"
+    more = f" ... ({len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more

@@ -1,0 +1,62 @@
+"""Render: turn arrays into uint8 pictures and grids.
+
+``image_normalization`` and ``convert_into_grid`` keep the names and
+signatures of the original tf_cnnvis helpers, and are safe on constant
+images, NaN and infinities (which become the lowest value).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def image_normalization(image, s=0.1, ubound=255.0):
+    """Min-max scale ``image`` to ``[0, ubound]`` as uint8.
+
+    ``s`` is kept for compatibility with the original signature and unused.
+    A constant image maps to 0; non-finite values are treated as the minimum
+    of the finite ones.
+    """
+    image = np.asarray(image, dtype=np.float64)
+    finite = np.isfinite(image)
+    if not finite.any():
+        return np.zeros(image.shape, np.uint8)
+    low, high = image[finite].min(), image[finite].max()
+    image = np.where(finite, image, low)
+    scale = ubound / (high - low) if high > low else 0.0
+    return np.clip((image - low) * scale, 0, ubound).astype(np.uint8)
+
+
+def normalize_each(images, ubound=255.0):
+    """``image_normalization`` applied to each item of a batch on its own."""
+    images = np.asarray(images)
+    if images.shape[0] == 0:
+        return images.astype(np.uint8)
+    return np.stack([image_normalization(item, ubound=ubound) for item in images])
+
+
+def convert_into_grid(Xs, padding=1, ubound=255.0):  # noqa: N803 - original name
+    """Tile ``Xs`` of shape (N, H, W, C) into a near-square grid, uint8.
+
+    Cells are separated by ``padding`` pixels of value ``ubound``; empty
+    cells at the end stay ``ubound`` too.
+    """
+    Xs = np.asarray(Xs)
+    if Xs.ndim == 3:
+        Xs = Xs[..., None]
+    if Xs.ndim != 4:
+        raise ValueError(f"convert_into_grid takes an array of shape (N, H, W, C); got shape {Xs.shape}")
+    n, height, width, channels = Xs.shape
+    if padding < 0:
+        raise ValueError(f"padding={padding!r} must be >= 0")
+    columns = max(1, math.ceil(math.sqrt(n)))
+    rows = max(1, math.ceil(n / columns))
+    grid = np.full((rows * height + padding * (rows - 1), columns * width + padding * (columns - 1),
+                    channels), ubound, dtype=np.float64)
+    for index in range(n):
+        row, column = divmod(index, columns)
+        y, x = row * (height + padding), column * (width + padding)
+        grid[y:y + height, x:x + width] = Xs[index]
+    return np.clip(np.nan_to_num(grid, nan=0.0, posinf=ubound, neginf=0.0), 0, 255).astype(np.uint8)

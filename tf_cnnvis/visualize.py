@@ -1,0 +1,229 @@
+"""The entry functions: load -> rebuild -> compute -> render -> write.
+
+``activation_visualization`` and ``deconv_visualization`` keep the original
+tf_cnnvis signatures (``sess_graph_path`` is still accepted by keyword);
+every new option is a keyword argument with a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+
+from tf_cnnvis import compute
+from tf_cnnvis.errors import OptionError
+from tf_cnnvis.feeds import resolve_feed
+from tf_cnnvis.layers import LayerInfo, layer_table, select_layers
+from tf_cnnvis.load import load_model
+from tf_cnnvis.rebuild import METHODS, rebuild
+from tf_cnnvis.utils import convert_into_grid, image_normalization, normalize_each
+from tf_cnnvis.write import SummaryWriter, encode_png, ensure_folder, inside, safe_names, write_atomic
+
+logger = logging.getLogger("tf_cnnvis")
+
+
+@dataclasses.dataclass
+class VisualizationResult:
+    """What a visualization computed and wrote. Always truthy.
+
+    Attributes:
+        kind: ``"activations"``, ``"deconvolution"`` or ``"deepdream"``.
+        arrays: layer name -> raw values. Activations: the layer's output
+            ``(N, H, W, C)``; reconstructions: ``{method: (N, C, H, W, 3)}``.
+        layers: the LayerInfo rows that were visualized.
+        paths: every file written, in order.
+        logdir: the TensorBoard log folder written to (None if disabled).
+    """
+
+    kind: str
+    arrays: dict = dataclasses.field(default_factory=dict)
+    layers: list = dataclasses.field(default_factory=list)
+    paths: list = dataclasses.field(default_factory=list)
+    logdir: str | None = None
+
+    def __bool__(self):  # old ``if is_success:`` code keeps working
+        return True
+
+    def __getitem__(self, layer_name):
+        return self.arrays[layer_name]
+
+
+def list_layers(graph_or_path=None, *, sess_graph_path=None) -> list[LayerInfo]:
+    """Every selectable layer: name, kind, op type, output shape, channels."""
+    model = load_model(_source(graph_or_path, sess_graph_path))
+    return layer_table(rebuild(model, "gradient").graph, model)
+
+
+def _source(graph_or_path, sess_graph_path):
+    if graph_or_path is not None and sess_graph_path is not None:
+        raise OptionError("give the model once: graph_or_path or sess_graph_path, not both")
+    source = graph_or_path if graph_or_path is not None else sess_graph_path
+    if source is None:
+        raise OptionError("no model given; pass a Keras model, graph, session or a model path")
+    return source
+
+
+class _Writer:
+    """Writes one call's pictures to ``path_outdir`` and ``path_logdir``."""
+
+    def __init__(self, path_outdir, path_logdir, step, result: VisualizationResult, layers):
+        self.outdir = ensure_folder(path_outdir, "output folder") if path_outdir is not None else None
+        self.summary = SummaryWriter.for_logdir(path_logdir) if path_logdir is not None else None
+        if not isinstance(step, (int, np.integer)) or isinstance(step, bool):
+            raise OptionError(f"step={step!r} must be an integer")
+        self.step = int(step)
+        self.result = result
+        result.logdir = self.summary.logdir if self.summary else None
+        self.folders = safe_names([layer.name for layer in layers])
+        self._pending: dict[str, tuple] = {}
+
+    def image(self, layer: LayerInfo, parts: tuple[str, ...], filename: str, picture: np.ndarray,
+              tag: str | None):
+        """Encode ``picture`` once; write it to disk and queue it for TensorBoard."""
+        png = encode_png(picture)
+        if self.outdir is not None:
+            path = inside(self.outdir, self.folders[layer.name], *parts, filename)
+            self.result.paths.append(write_atomic(path, png))
+        if tag is not None and self.summary is not None:
+            channels = 1 if picture.ndim == 2 else picture.shape[-1]
+            self._pending[tag] = (png, picture.shape[0], picture.shape[1], channels)
+
+    def flush(self):
+        if self.summary is not None and self._pending:
+            self.summary.add_images(self._pending, self.step)
+            self._pending = {}
+
+
+def _image_parts(index: int, count: int) -> tuple[str, ...]:
+    return (f"image_{index:03d}",) if count > 1 else ()
+
+
+def _tag(layer: LayerInfo, what: str, index: int, count: int) -> str:
+    return f"{layer.name}/{what}" + (f"/image_{index:03d}" if count > 1 else "")
+
+
+def _feature_grid(values: np.ndarray) -> np.ndarray:
+    """One image's activations ``(H, W, C)`` or ``(C,)`` as a uint8 grid."""
+    if values.ndim == 1:  # a dense layer: one pixel per unit, enlarged
+        side = int(np.ceil(np.sqrt(values.size)))
+        padded = np.full(side * side, np.nan)
+        padded[:values.size] = values
+        cells = image_normalization(padded.reshape(side, side))
+        return np.kron(cells, np.ones((8, 8), np.uint8))
+    maps = np.moveaxis(values, -1, 0)[..., None]  # (C, H, W, 1)
+    return convert_into_grid(normalize_each(maps))
+
+
+def activation_visualization(graph_or_path=None, value_feed_dict=None, input_tensor=None, layers="r",
+                             path_logdir="./Log", path_outdir="./Output", *, sess_graph_path=None,
+                             step=0, save_channels=False) -> VisualizationResult:
+    """Grids of every selected layer's feature maps, on disk and in TensorBoard.
+
+    Args:
+        graph_or_path: a Keras model, ``tf.Graph``, ``GraphDef``, TF1
+            session, or a path to a .keras/.h5 file, SavedModel folder,
+            frozen .pb or checkpoint .meta.
+        value_feed_dict: ``{input: images}`` (keys: placeholder tensors,
+            names, Keras input names), or an image batch for one-input models.
+        input_tensor: which fed input holds the images, when several do.
+        layers: ``'r'``, ``'p'``, ``'c'``, combinations, and/or layer names.
+        path_logdir / path_outdir: TensorBoard and PNG folders (None skips).
+        step: TensorBoard step (e.g. the epoch) for a slider over training.
+        save_channels: also write one PNG per channel.
+    """
+    model = load_model(_source(graph_or_path, sess_graph_path))
+    rebuilt = rebuild(model, "gradient")
+    chosen = select_layers(rebuilt.graph, model, layers)
+    feed = resolve_feed(model, rebuilt.graph, value_feed_dict, input_tensor)
+    values = compute.activations(rebuilt, feed, chosen)
+    result = VisualizationResult("activations", layers=chosen)
+    writer = _Writer(path_outdir, path_logdir, step, result, chosen)
+    count = feed.images.shape[0]
+    for layer in chosen:
+        layer_values = values[layer.tensor]
+        result.arrays[layer.name] = layer_values
+        for index in range(count):
+            parts = ("activations",) + _image_parts(index, count)
+            writer.image(layer, parts, "grid_activation.png", _feature_grid(layer_values[index]),
+                         _tag(layer, "activations", index, count))
+            if save_channels and layer_values.ndim == 4:
+                for channel in range(layer_values.shape[-1]):
+                    writer.image(layer, parts + ("channels",), f"channel_{channel:04d}.png",
+                                 image_normalization(layer_values[index, ..., channel]), None)
+        logger.info("activations of %s: %s", layer.name, layer_values.shape)
+    writer.flush()
+    return result
+
+
+def deconv_visualization(graph_or_path=None, value_feed_dict=None, input_tensor=None, layers="r",
+                         path_logdir="./Log", path_outdir="./Output", *, sess_graph_path=None,
+                         method="deconvnet", target="map", channels=None, step=0,
+                         save_channels=False,
+                         memory_budget_mb=compute.DEFAULT_MEMORY_BUDGET_MB) -> VisualizationResult:
+    """Reconstruct each channel of each selected layer back into image space.
+
+    Args (beyond those of :func:`activation_visualization`):
+        method: ``'deconvnet'`` (Zeiler & Fergus, default), ``'guided'``
+            (guided backprop, what the original tf_cnnvis computed) or
+            ``'gradient'``; a list of them computes each.
+        target: ``'map'`` reconstructs the whole channel map (summed, as the
+            original did); ``'unit'`` its single strongest unit (the paper).
+        channels: a subset of channel indices (default: all).
+        memory_budget_mb: bounds the batch of reconstructions run at once.
+    """
+    methods = [method] if isinstance(method, str) else list(method)
+    for name in methods:
+        if name not in METHODS:
+            raise OptionError(f"method {name!r} is not one of {', '.join(map(repr, METHODS))}")
+    if target not in compute.TARGETS:
+        raise OptionError(f"target {target!r} is not one of {', '.join(map(repr, compute.TARGETS))}")
+    model = load_model(_source(graph_or_path, sess_graph_path))
+    plain = rebuild(model, "gradient")
+    chosen = select_layers(plain.graph, model, layers)
+    feed = resolve_feed(model, plain.graph, value_feed_dict, input_tensor)
+    for layer in chosen:
+        if layer.channels is None:
+            raise OptionError(f"layer {layer.name!r} has output shape {layer.shape}: reconstructions "
+                              "need a layer of shape (N, H, W, C) or (N, C)")
+        _check_channels(layer, channels)
+    values = compute.activations(plain, feed, chosen) if target == "unit" else {}
+    result = VisualizationResult("deconvolution", layers=chosen)
+    writer = _Writer(path_outdir, path_logdir, step, result, chosen)
+    count = feed.images.shape[0]
+    folder_of = {name: name if target == "map" else f"{name}_unit" for name in methods}
+    for layer in chosen:
+        result.arrays[layer.name] = {}
+        for name in methods:
+            rebuilt = rebuild(model, name)
+            recon = compute.reconstruct(rebuilt, feed, layer, target=target, channels=channels,
+                                        layer_values=values.get(layer.tensor),
+                                        memory_budget_mb=memory_budget_mb)
+            result.arrays[layer.name][name] = recon
+            for index in range(count):
+                parts = ("deconvolution", folder_of[name]) + _image_parts(index, count)
+                pictures = normalize_each(recon[index])
+                writer.image(layer, parts, "grid_image.png", convert_into_grid(pictures),
+                             _tag(layer, f"deconvolution/{folder_of[name]}", index, count))
+                if save_channels:
+                    numbers = range(layer.channels) if channels is None else channels
+                    for picture, channel in zip(pictures, numbers):
+                        writer.image(layer, parts + ("channels",), f"channel_{channel:04d}.png",
+                                     picture, None)
+            logger.info("%s reconstructions of %s: %s", name, layer.name, recon.shape)
+    writer.flush()
+    return result
+
+
+def _check_channels(layer: LayerInfo, channels):
+    if channels is None:
+        return
+    for channel in np.atleast_1d(np.asarray(channels, dtype=object)):
+        if isinstance(channel, bool) or not isinstance(channel, (int, np.integer)):
+            raise OptionError(f"channel {channel!r} is not an integer; give indices in "
+                              f"0..{layer.channels - 1} for layer {layer.name!r}")
+        if not 0 <= channel < layer.channels:
+            raise OptionError(f"channel {channel} is out of range for layer {layer.name!r}, which "
+                              f"has {layer.channels} channels (0..{layer.channels - 1})")
+

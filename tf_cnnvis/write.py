@@ -1,0 +1,155 @@
+"""Write: PNG files (atomic) and TensorBoard image summaries.
+
+Each PNG is encoded once; the same bytes go to disk and into the event file,
+so what TensorBoard shows is exactly the file in the output folder. A PNG is
+written to a temporary file beside its destination and renamed into place,
+so an interrupted run never leaves a truncated picture.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import io
+import os
+import re
+import tempfile
+import threading
+import time
+
+import numpy as np
+from PIL import Image
+
+from tf_cnnvis.errors import OutputError
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+MAX_NAME_LENGTH = 100
+
+
+def safe_names(names) -> dict[str, str]:
+    """A file-system-safe folder name for each layer name, with no collisions.
+
+    ``/`` and other unsafe characters become ``_``, leading dots are dropped
+    (no ``..``), and names that had to change beyond that, are too long, or
+    would collide (also case-insensitively) get a short hash of the original.
+    """
+    plain = {}
+    for name in names:
+        cleaned = _UNSAFE.sub("_", name.replace("\x00", "")).lstrip(".")[:MAX_NAME_LENGTH] or "layer"
+        needs_hash = cleaned != name.replace("/", "_") or cleaned.lower() in ("con", "nul", "aux", "prn")
+        plain[name] = (cleaned, needs_hash)
+    counts: dict[str, int] = {}
+    for cleaned, _ in plain.values():
+        counts[cleaned.lower()] = counts.get(cleaned.lower(), 0) + 1
+    result = {}
+    for name, (cleaned, needs_hash) in plain.items():
+        if needs_hash or counts[cleaned.lower()] > 1:
+            digest = hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+            cleaned = f"{cleaned}-{digest}"
+        result[name] = cleaned
+    return result
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes of a uint8 (H, W), (H, W, 1) or (H, W, 3) array."""
+    image = np.asarray(image, np.uint8)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def ensure_folder(path: str, what: str) -> str:
+    """Create ``path`` (and parents) or raise an OutputError naming it."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise OutputError(f"{what} {path!r} exists and is not a folder; give a folder path")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"cannot create {what} {path!r}: {error.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OutputError(f"{what} {path!r} is not writable; give a folder you can write to")
+    return path
+
+
+def write_atomic(path: str, data: bytes) -> str:
+    """Write ``data`` to ``path`` via a temporary file and a rename."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".part")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def inside(root: str, *parts: str) -> str:
+    """``root/parts...``, refusing anything that would land outside ``root``."""
+    root = os.path.abspath(root)
+    path = os.path.abspath(os.path.join(root, *parts))
+    if os.path.commonpath([root, path]) != root:
+        raise OutputError(f"refusing to write {path!r} outside the output folder {root!r}")
+    return path
+
+
+class SummaryWriter:
+    """One TensorBoard event writer per log folder, shared by every call.
+
+    Writes legacy image summaries holding the PNG bytes as they are on disk;
+    TensorBoard's Images tab reads them directly.
+    """
+
+    _writers: dict[str, "SummaryWriter"] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, logdir: str):
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        self.logdir = logdir
+        self._writer = EventFileWriter(logdir)
+
+    @classmethod
+    def for_logdir(cls, logdir: str) -> "SummaryWriter":
+        key = os.path.abspath(logdir)
+        with cls._lock:
+            writer = cls._writers.get(key)
+            if writer is None:
+                ensure_folder(key, "log folder")
+                writer = cls._writers[key] = cls(key)
+            return writer
+
+    def add_images(self, images: dict[str, bytes | tuple[bytes, int, int, int]], step: int):
+        """Write ``{tag: (png, height, width, channels)}`` as one event, then flush."""
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+
+        values = []
+        for tag, (png, height, width, channels) in images.items():
+            image = summary_pb2.Summary.Image(height=height, width=width, colorspace=channels,
+                                              encoded_image_string=png)
+            values.append(summary_pb2.Summary.Value(tag=tag, image=image))
+        event = event_pb2.Event(wall_time=time.time(), step=int(step),
+                                summary=summary_pb2.Summary(value=values))
+        self._writer.add_event(event)
+        self._writer.flush()
+
+    @property
+    def path(self) -> str:
+        return self._writer.get_logdir()
+
+    @classmethod
+    def close_all(cls):
+        with cls._lock:
+            for writer in cls._writers.values():
+                writer._writer.close()
+            cls._writers.clear()
+
+
+atexit.register(SummaryWriter.close_all)
