@@ -109,12 +109,14 @@ def strongest_units(values: np.ndarray) -> np.ndarray:
 
 def reconstruct(rebuilt: RebuiltGraph, feed: Feed, layer: LayerInfo, target: str = "map",
                 channels=None, layer_values: np.ndarray | None = None,
-                memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB, progress=None) -> np.ndarray:
+                memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB, crop: bool = True,
+                progress=None) -> np.ndarray:
     """Reconstructions of ``layer`` for every image and channel.
 
     Returns an array of shape ``(N, len(channels), *image.shape)``. For
     ``target='unit'`` the layer's values on the images (``layer_values``)
-    give the strongest unit of each channel.
+    give the strongest unit of each channel. ``crop=False`` computes single
+    units on whole images (slower, same result; kept for checks).
     """
     if target not in TARGETS:
         raise OptionError(f"target {target!r} is not one of {', '.join(map(repr, TARGETS))}")
@@ -128,7 +130,7 @@ def reconstruct(rebuilt: RebuiltGraph, feed: Feed, layer: LayerInfo, target: str
     spatial = len(layer.shape) == 4
     use_units = target == "unit" and spatial
     units = strongest_units(layer_values)[:, channels] if use_units else None
-    crop = _crop_plan(rebuilt, feed, layer) if use_units else None
+    crop = _crop_plan(rebuilt, feed, layer) if use_units and crop else None
     item_shape = crop.size + images.shape[3:] if crop is not None else images.shape[1:]
     batch = chunk_size(rebuilt, feed, layer, item_shape, memory_budget_mb,
                        limit=n_images * len(channels))

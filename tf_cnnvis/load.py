@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import re
+import weakref
 
 import tensorflow as tf
 from google.protobuf import message as protobuf_message
@@ -153,19 +154,28 @@ def _read_graph_def(path: str) -> tf.compat.v1.GraphDef:
 def _load_keras_file(path: str):
     import keras
 
+    if path.lower().endswith((".h5", ".hdf5")) and _written_by_keras2(path):
+        # Keras 3 reads some Keras 2 configs without error but wrongly
+        # (e.g. a Sequential's batch_input_shape); the legacy loader repairs them.
+        from tf_cnnvis.models import load_legacy_h5
+
+        return load_legacy_h5(path)
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as error:  # noqa: BLE001 - Keras raises many types; we re-raise with context
-        if path.lower().endswith((".h5", ".hdf5")):
-            from tf_cnnvis.models import load_legacy_h5
-
-            try:
-                return load_legacy_h5(path)
-            except Exception as legacy_error:  # noqa: BLE001
-                raise ModelLoadError(
-                    f"cannot load Keras file {path!r}: {error}; the Keras 2 compatibility loader "
-                    f"also failed: {legacy_error}") from legacy_error
         raise ModelLoadError(f"cannot load Keras file {path!r}: {error}") from error
+
+
+def _written_by_keras2(path: str) -> bool:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as h5:
+            version = h5.attrs.get("keras_version", b"")
+    except OSError as error:
+        raise ModelLoadError(f"{path!r} is not a readable HDF5 file: {error}") from error
+    version = version.decode() if isinstance(version, bytes) else str(version)
+    return version.split(".")[0] in ("1", "2")
 
 
 def _load_saved_model(path: str) -> FrozenModel:
@@ -209,12 +219,61 @@ def _is_keras_model(obj) -> bool:
     return isinstance(obj, keras.Model)
 
 
+@dataclasses.dataclass
+class _KerasFreeze:
+    """A Keras model frozen once: which constant holds which variable's value."""
+
+    layout: tuple
+    frozen: FrozenModel
+    variables: dict  # constant node name -> tf.Variable read into it
+
+
+# Keras model -> its last freeze. Training changes only the weights, so a
+# model visualized every epoch is traced and frozen once, and later calls
+# only copy the current variable values into the frozen graph.
+_keras_freezes: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _keras_layout(model) -> tuple:
+    """What must stay the same for an earlier freeze to be reused."""
+    return (tuple(id(layer) for layer in model.layers),
+            tuple((id(weight), tuple(weight.shape)) for weight in model.weights))
+
+
 def freeze_keras_model(model) -> FrozenModel:
     """Freeze a Keras model's inference graph, keeping its layer names.
 
     The spatial input size is left open when the model allows it, so any
-    image size (and receptive-field crops) can be fed later.
+    image size (and receptive-field crops) can be fed later. A model frozen
+    before with the same layers and weights objects is not traced again:
+    its current weight values are copied into the earlier frozen graph.
     """
+    layout = _keras_layout(model)
+    try:
+        previous = _keras_freezes.get(model)
+    except TypeError:  # not weak-referenceable: freeze every time
+        previous = None
+    if previous is not None and previous.layout == layout:
+        return _with_current_values(previous)
+    frozen, variables = _trace_keras_model(model)
+    try:
+        _keras_freezes[model] = _KerasFreeze(layout, frozen, variables)
+    except TypeError:
+        pass
+    return frozen
+
+
+def _with_current_values(previous: _KerasFreeze) -> FrozenModel:
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.CopyFrom(previous.frozen.graph_def)
+    for node in graph_def.node:
+        variable = previous.variables.get(node.name)
+        if variable is not None:
+            node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(variable.numpy()))
+    return dataclasses.replace(previous.frozen, graph_def=graph_def)
+
+
+def _trace_keras_model(model) -> tuple[FrozenModel, dict]:
     try:
         inputs = list(model.inputs)
     except (AttributeError, ValueError) as error:
@@ -244,7 +303,24 @@ def freeze_keras_model(model) -> FrozenModel:
     for name, tensor_name in zip(input_names, frozen.inputs):
         aliases[name] = tensor_name
     layers = _map_keras_layers(model, frozen.graph_def)
-    return dataclasses.replace(frozen, input_aliases=aliases, keras_layers=layers)
+    frozen = dataclasses.replace(frozen, input_aliases=aliases, keras_layers=layers)
+    return frozen, _captured_variables(concrete, frozen.graph_def)
+
+
+def _captured_variables(concrete, graph_def) -> dict:
+    """Constant node name -> the variable whose value freezing put there.
+
+    Freezing turns each captured variable handle (a placeholder of the
+    traced graph) into a constant of the same name.
+    """
+    by_handle = {id(variable.handle): variable for variable in concrete.graph.variables}
+    constants = {node.name for node in graph_def.node if node.op == "Const"}
+    variables = {}
+    for external, internal in concrete.graph.captures:
+        variable = by_handle.get(id(external))
+        if variable is not None and internal.op.name in constants:
+            variables[internal.op.name] = variable
+    return variables
 
 
 def _keras_input_name(tensor, index: int) -> str:
@@ -355,12 +431,16 @@ def _placeholders(graph_def) -> tuple[str, ...]:
 
 
 def _freeze_session(session, description: str = "session") -> FrozenModel:
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_from_session_graph,
+    )
+
     graph_def = session.graph.as_graph_def()
     names = _forward_node_names(graph_def)
     if not any(node.op in VARIABLE_OPS for node in graph_def.node):
         return _freeze_graph_def(graph_def, description)
     try:
-        frozen = tf.compat.v1.graph_util.convert_variables_to_constants(session, graph_def, names)
+        frozen = convert_variables_to_constants_from_session_graph(session, graph_def, names)
     except Exception as error:  # noqa: BLE001
         raise ModelLoadError(
             f"cannot read the variables of {description}: {error}; make sure the session has "

@@ -1,0 +1,132 @@
+"""What lands on disk and in TensorBoard is complete, decodable and where the README says."""
+
+import glob
+import math
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import tf_cnnvis
+from tf_cnnvis.utils import convert_into_grid, image_normalization
+from tf_cnnvis.write import safe_names
+
+from conftest import small_keras_model
+
+
+def read_png(path):
+    with Image.open(path) as image:
+        image.load()
+        return np.asarray(image)
+
+
+def grid_shape(cells, height, width, padding=1):
+    columns = math.ceil(math.sqrt(cells))
+    rows = math.ceil(cells / columns)
+    return rows * height + padding * (rows - 1), columns * width + padding * (columns - 1)
+
+
+def event_images(logdir):
+    from tensorboard.backend.event_processing import event_accumulator
+
+    accumulator = event_accumulator.EventAccumulator(logdir, size_guidance={"images": 0})
+    accumulator.Reload()
+    return {tag: accumulator.Images(tag) for tag in accumulator.Tags()["images"]}
+
+
+def test_layout_sizes_and_contents_for_one_image(tmp_path, images):
+    model = small_keras_model()
+    out, log = tmp_path / "Output", tmp_path / "Log"
+    acts = tf_cnnvis.activation_visualization(model, images[:1], layers=["r", "p"], path_outdir=str(out),
+                                              path_logdir=str(log))
+    recon = tf_cnnvis.deconv_visualization(model, images[:1], layers="r", method=["deconvnet", "guided"],
+                                           path_outdir=str(out), path_logdir=str(log), save_channels=True)
+    for layer in ("conv1", "pool1", "conv2", "pool2", "conv3"):
+        values = acts.arrays[layer]
+        picture = read_png(out / layer / "activations" / "grid_activation.png")
+        assert picture.shape == grid_shape(values.shape[-1], *values.shape[1:3])
+        assert picture.min() < picture.max()
+    for layer in ("conv1", "conv2", "conv3"):
+        channels = recon.arrays[layer]["deconvnet"].shape[1]
+        for method in ("deconvnet", "guided"):
+            folder = out / layer / "deconvolution" / method
+            picture = read_png(folder / "grid_image.png")
+            assert picture.shape == grid_shape(channels, 20, 20) + (3,)
+            assert picture.min() < picture.max()
+            per_channel = sorted(glob.glob(str(folder / "channels" / "channel_*.png")))
+            assert len(per_channel) == channels
+            assert read_png(per_channel[0]).shape == (20, 20, 3)
+    written = acts.paths + recon.paths
+    assert all(os.path.isfile(path) and str(path).startswith(str(out)) for path in written)
+    assert not glob.glob(str(out / "**" / ".tmp-*"), recursive=True)
+
+    tags = event_images(str(log))
+    expected_tags = ({f"{layer}/activations" for layer in acts.arrays}
+                     | {f"{layer}/deconvolution/{method}" for layer in recon.arrays
+                        for method in ("deconvnet", "guided")})
+    assert set(tags) == expected_tags
+    # TensorBoard holds the same bytes as the file on disk.
+    stored = tags["conv2/deconvolution/guided"][0].encoded_image_string
+    assert stored == (out / "conv2" / "deconvolution" / "guided" / "grid_image.png").read_bytes()
+
+
+def test_several_images_get_an_index_and_steps_make_a_slider(tmp_path, images):
+    model = small_keras_model()
+    out, log = tmp_path / "Output", tmp_path / "Log"
+    for step in (0, 5):
+        tf_cnnvis.deconv_visualization(model, images, layers=["conv2"], target="unit", path_outdir=str(out),
+                                       path_logdir=str(log), step=step)
+    first = read_png(out / "conv2" / "deconvolution" / "deconvnet_unit" / "image_000" / "grid_image.png")
+    second = read_png(out / "conv2" / "deconvolution" / "deconvnet_unit" / "image_001" / "grid_image.png")
+    assert first.shape == second.shape and not np.array_equal(first, second)
+    tags = event_images(str(log))
+    assert set(tags) == {"conv2/deconvolution/deconvnet_unit/image_000",
+                         "conv2/deconvolution/deconvnet_unit/image_001"}
+    assert [event.step for event in tags["conv2/deconvolution/deconvnet_unit/image_001"]] == [0, 5]
+
+
+def test_hostile_layer_names_stay_inside_and_do_not_collide():
+    names = ["conv/Relu", "conv_Relu", "../../etc/passwd", "/abs/path", "a\x00b", "CONV_relu",
+             "conv_relu", "x" * 500, "..", ".", ""]
+    folders = safe_names(names)
+    values = list(folders.values())
+    assert len({value.lower() for value in values}) == len(names)
+    for value in values:
+        assert value and "/" not in value and "\x00" not in value and not value.startswith(".")
+        assert len(value) <= 120
+
+
+def test_image_normalization_and_grid_are_robust():
+    assert image_normalization(np.full((4, 4), 7.0)).max() == 0
+    scaled = image_normalization(np.array([[0.0, np.nan], [np.inf, 2.0]]))
+    assert scaled.dtype == np.uint8 and scaled.max() == 255 and scaled[0, 0] == 0
+    grid = convert_into_grid(np.zeros((5, 3, 2, 1)), padding=1)
+    assert grid.shape == (2 * 3 + 1, 3 * 2 + 2, 1)  # 2 rows of height 3, 3 columns of width 2
+    assert grid[3, 0, 0] == 255 and grid[0, 0, 0] == 0  # padding row is white, cells keep values
+
+
+@pytest.mark.slow
+def test_real_pretrained_vgg16_end_to_end(tmp_path):
+    models = pytest.importorskip("tf_cnnvis.models")
+    try:
+        model = models.vgg16()
+    except ImportError as error:
+        pytest.skip(str(error))
+    image = models.vgg16_preprocess(models.sample_image("chelsea", size=64))[None]
+    out, log = tmp_path / "Output", tmp_path / "Log"
+    layers = ["block1_conv2", "block3_pool", "block4_conv1"]
+    acts = tf_cnnvis.activation_visualization(model, image, layers=layers, path_outdir=str(out),
+                                              path_logdir=str(log))
+    recon = tf_cnnvis.deconv_visualization(model, image, layers=["block1_conv2", "block3_conv3"],
+                                           channels=range(16), method=["deconvnet", "guided"],
+                                           path_outdir=str(out), path_logdir=str(log))
+    assert acts.arrays["block4_conv1"].shape == (1, 8, 8, 512)
+    deconvnet = recon.arrays["block3_conv3"]["deconvnet"]
+    guided = recon.arrays["block3_conv3"]["guided"]
+    assert deconvnet.shape == (1, 16, 64, 64, 3)
+    assert not np.allclose(deconvnet, guided)  # the methods really differ on a real net
+    for path in acts.paths + recon.paths:
+        picture = read_png(path)
+        assert picture.min() < picture.max(), path
+    assert len(event_images(str(log))) == len(layers) + 4

@@ -1,0 +1,265 @@
+"""The backward rules are what each method says, checked against hand computations."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_cnnvis
+from tf_cnnvis import compute
+from tf_cnnvis.feeds import resolve_feed
+from tf_cnnvis.layers import select_layers
+from tf_cnnvis.load import load_model
+from tf_cnnvis.rebuild import rebuild
+from tf_cnnvis.receptive_field import receptive_field
+
+from conftest import small_keras_model
+
+METHODS = ("gradient", "deconvnet", "guided")
+
+
+def graph_of(build):
+    """A graph with placeholder 'x' of shape (None, None, None, C) built by ``build(x)``."""
+    def make(channels=1):
+        graph = tf.Graph()
+        with graph.as_default():
+            x = tf.compat.v1.placeholder(tf.float32, [None, None, None, channels], name="x")
+            build(x)
+        return graph
+    return make
+
+
+def reconstructions(source, images, layer, method, target="map", **options):
+    result = tf_cnnvis.deconv_visualization(source, {"x:0": images}, layers=[layer], method=method,
+                                            target=target, path_outdir=None, path_logdir=None,
+                                            **options)
+    return next(iter(result.arrays.values()))[method]
+
+
+def two_layer_graph(second_activation=tf.nn.relu):
+    """x -> 1x1 conv (w=1) -> relu -> 1x1 conv to 2 channels (w=[+1, -1], b=[0, 3]) -> activation."""
+    def build(x):
+        r1 = tf.nn.relu(tf.nn.conv2d(x, tf.ones([1, 1, 1, 1]), 1, "VALID"), name="r1")
+        z2 = tf.nn.conv2d(r1, tf.constant([[[[1.0, -1.0]]]]), 1, "VALID") + tf.constant([0.0, 3.0])
+        second_activation(z2, name="r2")
+    return graph_of(build)()
+
+
+X_LINE = np.array([1.0, -1.0, 2.0, -2.0], np.float32).reshape(1, 1, 4, 1)
+
+
+@pytest.mark.parametrize("method, channel, expected", [
+    # channel 0: z2 = r1 = [1, 0, 2, 0]; channel 1: z2 = 3 - r1 = [2, 3, 1, 3] (all positive).
+    ("gradient", 0, [1, 0, 1, 0]),    # g * [x > 0] at both relus
+    ("deconvnet", 0, [1, 1, 1, 1]),   # relu(g) ignores the forward pass
+    ("guided", 0, [1, 0, 1, 0]),      # g * [x > 0] * [g > 0]
+    ("gradient", 1, [-1, 0, -1, 0]),  # -1 flows back through relu1 where x > 0
+    ("deconvnet", 1, [0, 0, 0, 0]),   # relu(-1) = 0 at relu1
+    ("guided", 1, [0, 0, 0, 0]),      # negative gradient is blocked
+])
+def test_each_rule_matches_hand_computation(method, channel, expected):
+    graph = two_layer_graph()
+    result = reconstructions(graph, X_LINE, "r2", method)
+    np.testing.assert_allclose(result[0, channel, 0, :, 0], expected)
+
+
+def test_leaky_relu_rules_match_hand_computation():
+    graph = two_layer_graph(lambda z, name: tf.nn.leaky_relu(z, alpha=0.25, name=name))
+    x = X_LINE
+    r1 = np.maximum(x.ravel(), 0)
+    z2 = 3 - r1  # channel 1 of the second layer: always positive here
+    # Upstream of r1 the gradient is -1 * (leaky slope at z2 = 1) = -1 everywhere.
+    by_method = {
+        "gradient": -1.0 * (x.ravel() > 0),
+        "deconvnet": np.zeros(4),   # relu(-1) at relu1 is 0
+        "guided": np.zeros(4),
+    }
+    assert np.all(z2 > 0)
+    for method, expected in by_method.items():
+        result = reconstructions(graph, x, "r2", method)
+        np.testing.assert_allclose(result[0, 1, 0, :, 0], expected, err_msg=method)
+
+    # A single LeakyRelu layer on x: deconvnet passes leaky(g), guided g*[g>0]*slope.
+    graph = graph_of(lambda x: tf.nn.leaky_relu(-x, alpha=0.25, name="leaky"))()
+    x = np.array([1.0, -2.0], np.float32).reshape(1, 1, 2, 1)
+    # d/dx of leaky(-x) with upstream 1: -slope(-x); slope is 1 where -x > 0 else 0.25.
+    np.testing.assert_allclose(reconstructions(graph, x, "leaky", "gradient")[0, 0, 0, :, 0], [-0.25, -1])
+    # deconvnet: leaky(1) = 1 at the leaky op, then Neg: -1 everywhere.
+    np.testing.assert_allclose(reconstructions(graph, x, "leaky", "deconvnet")[0, 0, 0, :, 0], [-1, -1])
+    # guided: 1 * slope(-x) * [1 > 0], then Neg.
+    np.testing.assert_allclose(reconstructions(graph, x, "leaky", "guided")[0, 0, 0, :, 0], [-0.25, -1])
+
+
+def test_prelu_inside_keras_gets_a_correct_guided_rule():
+    """Keras builds PReLU from two Relu ops; a blind rule would pass negative gradients."""
+    import keras
+
+    inputs = keras.Input((1, 4, 1), name="image")
+    conv = keras.layers.Conv2D(1, 1, use_bias=False, kernel_initializer="ones", name="flip")(inputs)
+    prelu = keras.layers.PReLU(alpha_initializer=keras.initializers.Constant(0.3), name="prelu")(conv)
+    out = keras.layers.Conv2D(1, 1, use_bias=False, kernel_initializer=keras.initializers.Constant(-2.0),
+                              name="scale")(prelu)
+    model = keras.Model(inputs, out)
+    x = np.array([1.0, -1.0, 2.0, -2.0], np.float32).reshape(1, 1, 4, 1)
+    # Upstream of the PReLU the gradient is -2 everywhere.
+    slope = np.where(x.ravel() > 0, 1.0, 0.3)
+    expected = {
+        "gradient": -2.0 * slope,
+        "guided": np.zeros(4),             # g = -2 < 0 is blocked everywhere
+        "deconvnet": -2.0 * 0.3 * np.ones(4),  # prelu(g) = 0.3 * g for g < 0
+    }
+    for method, want in expected.items():
+        result = tf_cnnvis.deconv_visualization(model, x, layers=["scale"], method=method,
+                                                path_outdir=None, path_logdir=None)
+        np.testing.assert_allclose(result["scale"][method][0, 0, 0, :, 0], want, rtol=1e-6,
+                                   err_msg=method)
+
+
+def test_prelu_is_one_relu_layer_not_three():
+    import keras
+
+    inputs = keras.Input((8, 8, 1), name="image")
+    x = keras.layers.Conv2D(2, 3, name="conv")(inputs)
+    x = keras.layers.PReLU(name="prelu")(x)
+    model = keras.Model(inputs, x)
+    relus = [row for row in tf_cnnvis.list_layers(model) if row.kind == "relu"]
+    assert [(row.name, row.op_type) for row in relus] == [("prelu", "PReLU")]
+
+
+def test_methods_agree_without_relu():
+    rng = np.random.default_rng(1)
+    w1 = rng.normal(size=(3, 3, 2, 4)).astype(np.float32)
+    w2 = rng.normal(size=(3, 3, 4, 3)).astype(np.float32)
+
+    def build(x):
+        h = tf.nn.max_pool2d(tf.nn.conv2d(x, w1, 1, "SAME"), 2, 2, "SAME")
+        tf.nn.avg_pool2d(tf.nn.conv2d(h, w2, 1, "SAME"), 2, 2, "SAME", name="top")
+
+    graph = graph_of(build)(channels=2)
+    x = rng.normal(size=(1, 12, 12, 2)).astype(np.float32)
+    results = [reconstructions(graph, x, "top", method) for method in METHODS]
+    assert np.abs(results[0]).max() > 0
+    for other in results[1:]:
+        np.testing.assert_allclose(other, results[0], rtol=1e-5, atol=1e-6)
+
+
+def test_max_pool_routes_to_the_switch():
+    graph = graph_of(lambda x: tf.nn.max_pool2d(x, 2, 2, "VALID", name="pool"))()
+    x = np.array([[1, 5, 0, 2], [3, 4, 9, 1]], np.float32).reshape(1, 2, 4, 1)
+    for method in METHODS:
+        result = reconstructions(graph, x, "pool", method)[0, 0, ..., 0]
+        np.testing.assert_array_equal(result, [[0, 1, 0, 0], [0, 0, 1, 0]])
+
+
+def _reference_reconstruction(model, x, layer_name, channel, rule):
+    """The same reconstruction computed eagerly with tf.custom_gradient ReLUs."""
+    import keras
+
+    @tf.custom_gradient
+    def relu(z):
+        y = tf.nn.relu(z)
+
+        def backward(g):
+            if rule == "deconvnet":
+                return tf.nn.relu(g)
+            return g * tf.cast(z > 0, g.dtype) * tf.cast(g > 0, g.dtype)
+        return y, backward
+
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        h = x
+        for layer in model.layers[1:]:
+            if isinstance(layer, keras.layers.Conv2D):
+                h = relu(tf.nn.conv2d(h, layer.kernel, 1, "SAME") + layer.bias)
+            elif isinstance(layer, keras.layers.MaxPooling2D):
+                h = tf.nn.max_pool2d(h, 2, 2, "VALID")
+            if layer.name == layer_name:
+                break
+        objective = tf.reduce_sum(h[..., channel])
+    return tape.gradient(objective, x).numpy()
+
+
+@pytest.mark.parametrize("method", ["deconvnet", "guided"])
+def test_override_reaches_relus_inside_keras_model(method, images):
+    model = small_keras_model()
+    ours = tf_cnnvis.deconv_visualization(model, images[:1], layers=["conv3"], method=method,
+                                          channels=[0, 3], path_outdir=None, path_logdir=None)
+    plain = tf_cnnvis.deconv_visualization(model, images[:1], layers=["conv3"], method="gradient",
+                                           channels=[0, 3], path_outdir=None, path_logdir=None)
+    for k, channel in enumerate([0, 3]):
+        reference = _reference_reconstruction(model, images[:1], "conv3", channel, method)
+        got = ours["conv3"][method][0, k]
+        assert np.abs(reference).max() > 0
+        np.testing.assert_allclose(got, reference[0], rtol=1e-4, atol=1e-5 * np.abs(reference).max())
+        assert not np.allclose(got, plain["conv3"]["gradient"][0, k])
+
+
+def _layer_setup(source, images, layer, method):
+    model = load_model(source)
+    rebuilt = rebuild(model, method)
+    info = select_layers(rebuilt.graph, model, [layer])[0]
+    feed = resolve_feed(model, rebuilt.graph, images, None)
+    values = compute.activations(rebuild(model, "gradient"), feed, [info])[info.tensor]
+    return rebuilt, feed, info, values
+
+
+@pytest.mark.parametrize("size", [(21, 18), (32, 32)])
+def test_unit_reconstruction_is_zero_outside_its_receptive_field(size):
+    model = small_keras_model(seed=3)
+    rng = np.random.default_rng(2)
+    x = rng.uniform(0.1, 1, (1,) + size + (3,)).astype(np.float32)
+    for layer in ("conv1", "pool1", "conv2", "conv3"):
+        for method in METHODS:
+            rebuilt, feed, info, values = _layer_setup(model, x, layer, method)
+            field = receptive_field(rebuilt.graph, feed.input_name, info.tensor, size)
+            recon = compute.reconstruct(rebuilt, feed, info, target="unit", layer_values=values)
+            units = compute.strongest_units(values)
+            for channel in range(info.channels):
+                y0, x0, y1, x1 = field.box(*units[0, channel], clip_to=size)
+                outside = np.abs(recon[0, channel]).sum(axis=-1)
+                assert outside[y0:y1, x0:x1].max() > 0 or values[0, ..., channel].max() <= 0
+                outside[y0:y1, x0:x1] = 0
+                assert outside.max() == 0, (layer, method, channel)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("size", [(37, 30), (48, 48)])
+def test_unit_crops_equal_whole_image_including_border_units(method, size):
+    model = small_keras_model(seed=4)
+    rng = np.random.default_rng(5)
+    x = rng.uniform(0, 1, (2,) + size + (3,)).astype(np.float32)
+    for layer in ("conv1", "conv2", "pool2", "conv3"):
+        rebuilt, feed, info, values = _layer_setup(model, x, layer, method)
+        plan = compute._crop_plan(rebuilt, feed, info)
+        assert plan is not None and plan.size[0] < size[0]
+        # Put strongest units on every border: the field crosses the image edge.
+        border = values.copy()
+        height, width = values.shape[1:3]
+        corners = [(0, 0), (height - 1, width - 1), (0, width - 1), (height - 1, 0), (height // 2, 0)]
+        for channel in range(info.channels):
+            y, x_ = corners[channel % len(corners)]
+            border[:, y, x_, channel] = values.max() + 1
+        cropped = compute.reconstruct(rebuilt, feed, info, target="unit", layer_values=border)
+        whole = compute.reconstruct(rebuilt, feed, info, target="unit", layer_values=border, crop=False)
+        assert np.abs(whole).max() > 0
+        np.testing.assert_allclose(cropped, whole, rtol=1e-5, atol=1e-6 * np.abs(whole).max())
+
+
+def test_batch_gives_every_image_its_own_result(images):
+    model = small_keras_model(seed=5)
+    together = tf_cnnvis.deconv_visualization(model, images, layers=["conv2"], path_outdir=None,
+                                              path_logdir=None)["conv2"]["deconvnet"]
+    for index in range(len(images)):
+        alone = tf_cnnvis.deconv_visualization(model, images[index:index + 1], layers=["conv2"],
+                                               path_outdir=None, path_logdir=None)["conv2"]["deconvnet"]
+        np.testing.assert_allclose(together[index], alone[0], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(together[0], together[1])
+
+
+def test_chunk_size_does_not_change_results(images):
+    model = small_keras_model(seed=6)
+    big = tf_cnnvis.deconv_visualization(model, images, layers=["conv2"], path_outdir=None,
+                                         path_logdir=None)["conv2"]["deconvnet"]
+    tiny = tf_cnnvis.deconv_visualization(model, images, layers=["conv2"], path_outdir=None,
+                                          path_logdir=None, memory_budget_mb=0.01)["conv2"]["deconvnet"]
+    np.testing.assert_allclose(big, tiny, rtol=1e-5, atol=1e-7)
