@@ -31,10 +31,18 @@ def image_normalization(image, s=0.1, ubound=255.0):
 
 def normalize_each(images, ubound=255.0):
     """``image_normalization`` applied to each item of a batch on its own."""
-    images = np.asarray(images)
+    images = np.asarray(images, dtype=np.float32)
     if images.shape[0] == 0:
-        return images.astype(np.uint8)
-    return np.stack([image_normalization(item, ubound=ubound) for item in images])
+        return np.zeros(images.shape, np.uint8)
+    flat = images.reshape(images.shape[0], -1)
+    finite = np.isfinite(flat)
+    low = np.where(finite, flat, np.inf).min(axis=1, keepdims=True)
+    high = np.where(finite, flat, -np.inf).max(axis=1, keepdims=True)
+    low = np.where(np.isfinite(low), low, 0.0)
+    span = high - low
+    scale = np.where(span > 0, ubound / np.where(span > 0, span, 1.0), 0.0)
+    scaled = np.where(finite, (flat - low) * scale, 0.0)
+    return np.clip(scaled, 0, ubound).astype(np.uint8).reshape(images.shape)
 
 
 def convert_into_grid(Xs, padding=1, ubound=255.0):  # noqa: N803 - original name
@@ -53,10 +61,12 @@ def convert_into_grid(Xs, padding=1, ubound=255.0):  # noqa: N803 - original nam
         raise ValueError(f"padding={padding!r} must be >= 0")
     columns = max(1, math.ceil(math.sqrt(n)))
     rows = max(1, math.ceil(n / columns))
+    cells = np.clip(np.nan_to_num(Xs.astype(np.float32, copy=False), nan=0.0, posinf=ubound, neginf=0.0),
+                    0, 255).astype(np.uint8) if Xs.dtype != np.uint8 else Xs
     grid = np.full((rows * height + padding * (rows - 1), columns * width + padding * (columns - 1),
-                    channels), ubound, dtype=np.float64)
+                    channels), min(ubound, 255), dtype=np.uint8)
     for index in range(n):
         row, column = divmod(index, columns)
         y, x = row * (height + padding), column * (width + padding)
-        grid[y:y + height, x:x + width] = Xs[index]
-    return np.clip(np.nan_to_num(grid, nan=0.0, posinf=ubound, neginf=0.0), 0, 255).astype(np.uint8)
+        grid[y:y + height, x:x + width] = cells[index]
+    return grid

@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import hashlib
 import io
+import itertools
 import os
 import re
 import tempfile
@@ -56,7 +57,9 @@ def encode_png(image: np.ndarray) -> bytes:
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
     buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
+    # Level 1: grids of thousands of cells encode several times faster than
+    # at the default level, for files about 10% larger.
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 
@@ -101,20 +104,33 @@ def inside(root: str, *parts: str) -> str:
 
 
 class SummaryWriter:
-    """One TensorBoard event writer per log folder, shared by every call.
+    """One TensorBoard event file per log folder, shared by every call.
 
     Writes legacy image summaries holding the PNG bytes as they are on disk;
-    TensorBoard's Images tab reads them directly.
+    TensorBoard's Images tab reads them directly. Records go through
+    TensorFlow's own TFRecord writer (native CRC), which is what an event
+    file is, so large grids cost no Python-level checksumming.
     """
 
     _writers: dict[str, "SummaryWriter"] = {}
     _lock = threading.Lock()
 
     def __init__(self, logdir: str):
-        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+        import socket
+
+        import tensorflow as tf
+        from tensorboard.compat.proto import event_pb2
 
         self.logdir = logdir
-        self._writer = EventFileWriter(logdir)
+        name = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
+                f"{os.getpid()}.{next(self._serial)}.tf_cnnvis")
+        self.path = os.path.join(logdir, name)
+        self._records = tf.io.TFRecordWriter(self.path)
+        version = event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")
+        self._records.write(version.SerializeToString())
+        self._records.flush()
+
+    _serial = itertools.count()
 
     @classmethod
     def for_logdir(cls, logdir: str) -> "SummaryWriter":
@@ -126,7 +142,7 @@ class SummaryWriter:
                 writer = cls._writers[key] = cls(key)
             return writer
 
-    def add_images(self, images: dict[str, bytes | tuple[bytes, int, int, int]], step: int):
+    def add_images(self, images: dict[str, tuple[bytes, int, int, int]], step: int):
         """Write ``{tag: (png, height, width, channels)}`` as one event, then flush."""
         from tensorboard.compat.proto import event_pb2, summary_pb2
 
@@ -137,18 +153,15 @@ class SummaryWriter:
             values.append(summary_pb2.Summary.Value(tag=tag, image=image))
         event = event_pb2.Event(wall_time=time.time(), step=int(step),
                                 summary=summary_pb2.Summary(value=values))
-        self._writer.add_event(event)
-        self._writer.flush()
-
-    @property
-    def path(self) -> str:
-        return self._writer.get_logdir()
+        with self._lock:
+            self._records.write(event.SerializeToString())
+            self._records.flush()
 
     @classmethod
     def close_all(cls):
         with cls._lock:
             for writer in cls._writers.values():
-                writer._writer.close()
+                writer._records.close()
             cls._writers.clear()
 
 
