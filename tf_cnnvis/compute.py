@@ -1,9 +1,8 @@
 """Compute: activations and reconstructions, batched through the network.
 
-Reconstructions put (image, channel) pairs in the batch dimension: the image
-is repeated once per pair and the objective sums one channel per batch item,
-so a single backward pass yields a whole chunk of reconstructions. The chunk
-size comes from a memory budget.
+Reconstructions of one image run its forward pass once; the backward pass
+is vectorized over a chunk of channels (or units), so one ``session.run``
+yields the whole chunk. The chunk size comes from a memory budget.
 
 For the single-unit target a reconstruction is zero outside the unit's
 receptive field, so it is computed on a crop around that field instead of
@@ -127,41 +126,53 @@ def reconstruct(rebuilt: RebuiltGraph, feed: Feed, layer: LayerInfo, target: str
     images = feed.images
     n_images = images.shape[0]
     result = np.zeros((n_images, len(channels)) + images.shape[1:], np.float32)
-    spatial = len(layer.shape) == 4
-    use_units = target == "unit" and spatial
-    units = strongest_units(layer_values)[:, channels] if use_units else None
-    crop = _crop_plan(rebuilt, feed, layer) if use_units and crop else None
-    item_shape = crop.size + images.shape[3:] if crop is not None else images.shape[1:]
-    batch = chunk_size(rebuilt, feed, layer, item_shape, memory_budget_mb,
-                       limit=n_images * len(channels))
-    index, grad = rebuilt.target(layer.tensor, feed.input_name, unit=use_units)
-    pairs = [(n, k) for n in range(n_images) for k in range(len(channels))]
+    use_units = target == "unit" and len(layer.shape) == 4
+    if use_units:
+        yx = strongest_units(layer_values)[:, channels]  # (N, K, 2)
+        plan = _crop_plan(rebuilt, feed, layer) if crop else None
+        if plan is not None:
+            _reconstruct_crops(rebuilt, feed, layer, plan, channels, yx, result, memory_budget_mb, progress)
+            return result
+        rows = [np.column_stack([yx[n], channels]) for n in range(n_images)]
+    else:
+        rows = [channels.reshape(-1, 1) if target == "unit" else channels for _ in range(n_images)]
+    kind = "unit" if target == "unit" else "map"
+    index, grads = rebuilt.target(layer.tensor, feed.input_name, kind)
+    batch = chunk_size(rebuilt, feed, layer, images.shape[1:], memory_budget_mb, limit=len(channels))
+    for n in range(n_images):
+        for begin in range(0, len(channels), batch):
+            chunk = rows[n][begin:begin + batch]
+            result[n, begin:begin + len(chunk)] = run(
+                rebuilt, grads, {index: chunk.astype(np.int32), **feed.with_images(images[n:n + 1])})
+            if progress is not None:
+                progress(len(chunk))
+    return result
+
+
+def _reconstruct_crops(rebuilt, feed, layer, plan, channels, yx, result, memory_budget_mb, progress):
+    """Single units on crops: a batch of different crops per backward pass."""
+    images = feed.images
+    pairs = [(n, k) for n in range(images.shape[0]) for k in range(len(channels))]
+    index, grads = rebuilt.target(layer.tensor, feed.input_name, "batched_units")
+    batch = chunk_size(rebuilt, feed, layer, plan.size + images.shape[3:], memory_budget_mb,
+                       limit=len(pairs))
+    height, width = plan.size
     for begin in range(0, len(pairs), batch):
         chunk = pairs[begin:begin + batch]
         image_ids = np.array([n for n, _ in chunk])
-        channel_ids = channels[[k for _, k in chunk]]
-        if not use_units:
-            inputs, indices = images[image_ids], channel_ids
-        elif crop is None:
-            yx = units[image_ids, [k for _, k in chunk]]
-            inputs, indices = images[image_ids], np.column_stack([yx, channel_ids])
-        else:
-            yx = units[image_ids, [k for _, k in chunk]]
-            offsets = crop.offsets(yx)
-            inputs = np.stack([images[n, oy:oy + crop.size[0], ox:ox + crop.size[1]]
-                               for n, (oy, ox) in zip(image_ids, offsets)])
-            local = yx - offsets // np.array(crop.jump)
-            indices = np.column_stack([local, channel_ids])
-        grads = run(rebuilt, grad, {index: indices.astype(np.int32), **feed.with_images(inputs)})
+        channel_ids = np.array([k for _, k in chunk])
+        units = yx[image_ids, channel_ids]
+        offsets = plan.offsets(units)
+        crops = np.stack([images[n, oy:oy + height, ox:ox + width]
+                          for n, (oy, ox) in zip(image_ids, offsets)])
+        local = units - offsets // np.array(plan.jump)
+        rows = np.column_stack([local, channels[channel_ids]]).astype(np.int32)
+        values = run(rebuilt, grads, {index: rows, **feed.with_images(crops)})
         for item, (n, k) in enumerate(chunk):
-            if crop is None or not use_units:
-                result[n, k] = grads[item]
-            else:
-                oy, ox = offsets[item]
-                result[n, k, oy:oy + crop.size[0], ox:ox + crop.size[1]] = grads[item]
+            oy, ox = offsets[item]
+            result[n, k, oy:oy + height, ox:ox + width] = values[item]
         if progress is not None:
             progress(len(chunk))
-    return result
 
 
 class CropPlan:
