@@ -17,6 +17,7 @@ from tf_cnnvis.errors import OptionError
 from tf_cnnvis.feeds import resolve_feed
 from tf_cnnvis.layers import LayerInfo, layer_table, select_layers
 from tf_cnnvis.load import load_model
+from tf_cnnvis.progress import progress_bar
 from tf_cnnvis.rebuild import METHODS, rebuild
 from tf_cnnvis.utils import convert_into_grid, image_normalization, normalize_each
 from tf_cnnvis.write import SummaryWriter, encode_png, ensure_folder, inside, safe_names, write_atomic
@@ -118,7 +119,7 @@ def _feature_grid(values: np.ndarray) -> np.ndarray:
 
 def activation_visualization(graph_or_path=None, value_feed_dict=None, input_tensor=None, layers="r",
                              path_logdir="./Log", path_outdir="./Output", *, sess_graph_path=None,
-                             step=0, save_channels=False) -> VisualizationResult:
+                             step=0, save_channels=False, progress=False) -> VisualizationResult:
     """Grids of every selected layer's feature maps, on disk and in TensorBoard.
 
     Args:
@@ -132,6 +133,8 @@ def activation_visualization(graph_or_path=None, value_feed_dict=None, input_ten
         path_logdir / path_outdir: TensorBoard and PNG folders (None skips).
         step: TensorBoard step (e.g. the epoch) for a slider over training.
         save_channels: also write one PNG per channel.
+        progress: ``True`` shows a progress bar on standard error when it is
+            a terminal; a callable receives the number of layers finished.
     """
     model = load_model(_source(graph_or_path, sess_graph_path))
     rebuilt = rebuild(model, "gradient")
@@ -141,6 +144,7 @@ def activation_visualization(graph_or_path=None, value_feed_dict=None, input_ten
     result = VisualizationResult("activations", layers=chosen)
     writer = _Writer(path_outdir, path_logdir, step, result, chosen)
     count = feed.images.shape[0]
+    bar = progress_bar(progress, len(chosen), "activations")
     for layer in chosen:
         layer_values = values[layer.tensor]
         result.arrays[layer.name] = layer_values
@@ -153,7 +157,9 @@ def activation_visualization(graph_or_path=None, value_feed_dict=None, input_ten
                     writer.image(layer, parts + ("channels",), f"channel_{channel:04d}.png",
                                  image_normalization(layer_values[index, ..., channel]), None)
         logger.info("activations of %s: %s", layer.name, layer_values.shape)
+        bar.update(1)
     writer.flush()
+    bar.close()
     return result
 
 
@@ -161,7 +167,8 @@ def deconv_visualization(graph_or_path=None, value_feed_dict=None, input_tensor=
                          path_logdir="./Log", path_outdir="./Output", *, sess_graph_path=None,
                          method="deconvnet", target="map", channels=None, step=0,
                          save_channels=False,
-                         memory_budget_mb=compute.DEFAULT_MEMORY_BUDGET_MB) -> VisualizationResult:
+                         memory_budget_mb=compute.DEFAULT_MEMORY_BUDGET_MB,
+                         progress=False) -> VisualizationResult:
     """Reconstruct each channel of each selected layer back into image space.
 
     Args (beyond those of :func:`activation_visualization`):
@@ -172,6 +179,9 @@ def deconv_visualization(graph_or_path=None, value_feed_dict=None, input_tensor=
             original did); ``'unit'`` its single strongest unit (the paper).
         channels: a subset of channel indices (default: all).
         memory_budget_mb: bounds the batch of reconstructions run at once.
+        progress: ``True`` shows a progress bar on standard error when it is
+            a terminal; a callable receives the number of reconstructions
+            finished.
     """
     methods = [method] if isinstance(method, str) else list(method)
     for name in methods:
@@ -193,13 +203,15 @@ def deconv_visualization(graph_or_path=None, value_feed_dict=None, input_tensor=
     writer = _Writer(path_outdir, path_logdir, step, result, chosen)
     count = feed.images.shape[0]
     folder_of = {name: name if target == "map" else f"{name}_unit" for name in methods}
+    per_layer = [layer.channels if channels is None else len(np.atleast_1d(channels)) for layer in chosen]
+    bar = progress_bar(progress, count * len(methods) * sum(per_layer), "reconstructions")
     for layer in chosen:
         result.arrays[layer.name] = {}
         for name in methods:
             rebuilt = rebuild(model, name)
             recon = compute.reconstruct(rebuilt, feed, layer, target=target, channels=channels,
                                         layer_values=values.get(layer.tensor),
-                                        memory_budget_mb=memory_budget_mb)
+                                        memory_budget_mb=memory_budget_mb, progress=bar.update)
             result.arrays[layer.name][name] = recon
             for index in range(count):
                 parts = ("deconvolution", folder_of[name]) + _image_parts(index, count)
@@ -213,6 +225,7 @@ def deconv_visualization(graph_or_path=None, value_feed_dict=None, input_tensor=
                                      picture, None)
             logger.info("%s reconstructions of %s: %s", name, layer.name, recon.shape)
     writer.flush()
+    bar.close()
     return result
 
 
