@@ -24,6 +24,10 @@ from PIL import Image
 from tf_cnnvis.errors import OutputError
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+# mkstemp creates files readable by the owner only; pictures get the
+# permissions any other new file would get under the process's umask.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 MAX_NAME_LENGTH = 100
 
 
@@ -84,6 +88,7 @@ def write_atomic(path: str, data: bytes) -> str:
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
+        os.chmod(temporary, 0o666 & ~_UMASK)
         os.replace(temporary, path)
     except BaseException:
         try:
