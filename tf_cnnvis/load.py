@@ -24,7 +24,7 @@ import tensorflow as tf
 from google.protobuf import message as protobuf_message
 from google.protobuf import text_format
 
-from tf_cnnvis.errors import ModelLoadError, ModelNotFoundError
+from tf_cnnvis.errors import ModelLoadError, ModelNotFoundError, UntrustedModelError
 
 logger = logging.getLogger("tf_cnnvis")
 
@@ -53,6 +53,9 @@ class FrozenModel:
             names, op names of the original graph) mapped to ``inputs``.
         keras_layers: Keras layer name (nested ones also as
             ``"outer/inner"``) mapped to the tensor name of its output.
+        declared_shapes: input tensor name mapped to the shape the model
+            declares, where the frozen graph leaves it open (a Keras model
+            built for 64x64 images is frozen for any size).
         source: a short human description of where the model came from.
     """
 
@@ -60,6 +63,7 @@ class FrozenModel:
     inputs: tuple[str, ...]
     input_aliases: dict[str, str] = dataclasses.field(default_factory=dict)
     keras_layers: dict[str, str] = dataclasses.field(default_factory=dict)
+    declared_shapes: dict[str, tuple] = dataclasses.field(default_factory=dict)
     source: str = ""
 
     @property
@@ -88,12 +92,32 @@ ACCEPTED_SOURCES = (
 )
 
 
-def load_model(source) -> FrozenModel:
-    """Freeze ``source`` (see :data:`ACCEPTED_SOURCES`) into a FrozenModel."""
+# Ops of a graph read from a file that would touch the file system or run
+# Python when the graph runs; a downloaded model has no need for them.
+UNTRUSTED_OPS = frozenset({
+    "ReadFile", "WriteFile", "MatchingFiles", "ImmutableConst", "PyFunc", "PyFuncStateless",
+    "EagerPyFunc", "Save", "SaveV2", "SaveSlices", "Restore", "RestoreV2", "RestoreSlice",
+    "MergeV2Checkpoints", "ShardedFilename", "WholeFileReader", "WholeFileReaderV2",
+    "TextLineReader", "TextLineReaderV2", "TFRecordReader", "TFRecordReaderV2",
+})
+
+
+def load_model(source, *, trust_model_code: bool = False) -> FrozenModel:
+    """Freeze ``source`` (see :data:`ACCEPTED_SOURCES`) into a FrozenModel.
+
+    A model *file* that would run code (a Keras ``Lambda`` holding Python
+    bytecode, or graph ops that read, write or call Python) is refused with
+    an :class:`~tf_cnnvis.errors.UntrustedModelError` unless
+    ``trust_model_code=True``. Objects built in the caller's own process
+    are the caller's code and are not checked.
+    """
     if isinstance(source, FrozenModel):
         return source
     if isinstance(source, (str, os.PathLike)):
-        return _load_path(os.fspath(source))
+        frozen = _load_path(os.fspath(source), trust_model_code)
+        if not trust_model_code:
+            _refuse_untrusted_ops(frozen.graph_def, os.fspath(source))
+        return frozen
     if _is_keras_model(source):
         return freeze_keras_model(source)
     if isinstance(source, tf.compat.v1.Session):
@@ -111,7 +135,29 @@ def load_model(source) -> FrozenModel:
 
 # --------------------------------------------------------------------------- paths
 
-def _load_path(path: str) -> FrozenModel:
+def _untrusted(path: str, what: str) -> UntrustedModelError:
+    return UntrustedModelError(
+        f"model file {path!r} holds {what}, which would run when the model is loaded or run; "
+        "tf_cnnvis refuses such files by default. If you trust where the file came from, pass "
+        "trust_model_code=True, or load it yourself (e.g. keras.saving.load_model(path, "
+        "safe_mode=False)) and pass the model object")
+
+
+def _refuse_untrusted_ops(graph_def, path: str):
+    nodes = list(graph_def.node) + [node for function in graph_def.library.function
+                                    for node in function.node_def]
+    found = sorted({f"{node.name!r} ({node.op})" for node in nodes if node.op in UNTRUSTED_OPS})
+    if found:
+        raise _untrusted(path, "ops that touch files or call Python: " + ", ".join(found[:5])
+                         + (f" and {len(found) - 5} more" if len(found) > 5 else ""))
+
+
+def _is_code_refusal(error: Exception) -> bool:
+    text = str(error)
+    return "safe_mode" in text or "unsafe_deserialization" in text or "arbitrary code" in text
+
+
+def _load_path(path: str, trust_model_code: bool = False) -> FrozenModel:
     if not os.path.exists(path):
         raise ModelNotFoundError(f"model path {path!r} does not exist; expected {ACCEPTED_SOURCES}")
     if os.path.isdir(path):
@@ -122,7 +168,7 @@ def _load_path(path: str) -> FrozenModel:
             f"folder {path!r} is not a SavedModel (it has no saved_model.pb); expected {ACCEPTED_SOURCES}")
     lower = path.lower()
     if lower.endswith(".keras") or lower.endswith((".h5", ".hdf5")):
-        return freeze_keras_model(_load_keras_file(path))
+        return freeze_keras_model(_load_keras_file(path, trust_model_code))
     if lower.endswith(".meta"):
         return _load_meta_checkpoint(path)
     if lower.endswith((".pb", ".pbtxt", ".graphdef")):
@@ -151,18 +197,29 @@ def _read_graph_def(path: str) -> tf.compat.v1.GraphDef:
     return graph_def
 
 
-def _load_keras_file(path: str):
+def _load_keras_file(path: str, trust_model_code: bool = False):
     import keras
+    from keras.src.saving.serialization_lib import SafeModeScope
 
     if path.lower().endswith((".h5", ".hdf5")) and _written_by_keras2(path):
         # Keras 3 reads some Keras 2 configs without error but wrongly
         # (e.g. a Sequential's batch_input_shape); the legacy loader repairs them.
         from tf_cnnvis.models import load_legacy_h5
 
-        return load_legacy_h5(path)
+        try:
+            # Explicit scope: Lambda bytecode stays refused even if the process
+            # called keras.config.enable_unsafe_deserialization().
+            with SafeModeScope(not trust_model_code):
+                return load_legacy_h5(path)
+        except ModelLoadError as error:
+            if _is_code_refusal(error):
+                raise _untrusted(path, "Python code (a Lambda layer)") from error
+            raise
     try:
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
+        return keras.saving.load_model(path, compile=False, safe_mode=not trust_model_code)
     except Exception as error:  # noqa: BLE001 - Keras raises many types; we re-raise with context
+        if _is_code_refusal(error):
+            raise _untrusted(path, "Python code (a Lambda layer)") from error
         raise ModelLoadError(f"cannot load Keras file {path!r}: {error}") from error
 
 

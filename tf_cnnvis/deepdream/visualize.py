@@ -100,8 +100,7 @@ def deepdream_visualization(graph_or_path=None, value_feed_dict=None, layer=None
         jitter=jitter, normalize=normalize, laplacian_levels=laplacian_levels, l2=l2, tv=tv,
         bilateral=bilateral, denoise=denoise, param=param, transforms=transforms,
         learning_rate=learning_rate, seed=seed).check()
-    source = _source(graph_or_path, sess_graph_path)
-    model = load_model(source)
+    model = load_model(_source(graph_or_path, sess_graph_path))
     rebuilt = rebuild(model, "gradient")
     info = _resolve_layer(rebuilt, model, layer)
     feed = resolve_feed(model, rebuilt.graph, value_feed_dict, input_tensor)
@@ -113,7 +112,7 @@ def deepdream_visualization(graph_or_path=None, value_feed_dict=None, layer=None
     indices, names = _resolve_classes(classes, labels, info, kind, images.shape[0])
     start = _resolve_start(start, classes)
     low, high = _resolve_value_range(value_range, images)
-    tile = _resolve_tile_size(tile_size, rebuilt, feed, source)
+    tile = _resolve_tile_size(tile_size, rebuilt, feed, model)
 
     ops = objectives.build(rebuilt, feed.input_name, info.tensor, kind)
     objective = NetworkObjective(rebuilt, feed, ops, info, (low, high), tile, memory_budget_mb)
@@ -232,7 +231,7 @@ def _resolve_value_range(value_range, images):
     return low, high
 
 
-def _resolve_tile_size(tile_size, rebuilt, feed, source):
+def _resolve_tile_size(tile_size, rebuilt, feed, model):
     if tile_size is not None:
         if isinstance(tile_size, (int, np.integer)) and not isinstance(tile_size, bool):
             tile_size = (tile_size, tile_size)
@@ -246,28 +245,11 @@ def _resolve_tile_size(tile_size, rebuilt, feed, source):
     dims = rebuilt.tensor(feed.input_name).shape.as_list()[1:3]
     if all(d is not None for d in dims):
         return tuple(dims)
-    declared = _declared_input_size(source)
-    if declared is not None:
+    declared = model.declared_shapes.get(feed.input_name, ())[1:3]
+    if len(declared) == 2 and all(d is not None for d in declared):
         logger.info("tiling at the model's declared input size %dx%d", *declared)
-    return declared
-
-
-def _declared_input_size(source):
-    """A Keras model's declared (H, W), which its frozen graph may have left open."""
-    try:
-        import keras
-    except ImportError:  # pragma: no cover - keras ships with tensorflow
-        return None
-    if not isinstance(source, keras.Model):
-        return None
-    try:
-        inputs = source.inputs
-    except (AttributeError, ValueError):
-        return None
-    if len(inputs) != 1 or len(inputs[0].shape) != 4:
-        return None
-    height, width = inputs[0].shape[1:3]
-    return (int(height), int(width)) if height is not None and width is not None else None
+        return tuple(int(d) for d in declared)
+    return None
 
 
 def _pictures(model_images, unit_images, deprocess):
