@@ -20,8 +20,10 @@ from tf_cnnvis.errors import (
     ModelLoadError,
     ModelNotFoundError,
     OptionError,
+    OutOfMemoryError,
     OutputError,
     TfCnnvisError,
+    UntrustedModelError,
 )
 from tf_cnnvis.deepdream import deepdream_visualization
 from tf_cnnvis.layers import LayerInfo
@@ -40,7 +42,8 @@ logging.getLogger("tf_cnnvis").addHandler(logging.NullHandler())
 
 __all__ = [
     "FeedError", "FrozenModel", "LayerInfo", "LayerNotFoundError", "ModelLoadError",
-    "ModelNotFoundError", "OptionError", "OutputError", "TfCnnvisError", "VisualizationCallback",
+    "ModelNotFoundError", "OptionError", "OutOfMemoryError", "OutputError", "TfCnnvisError",
+    "UntrustedModelError", "VisualizationCallback",
     "VisualizationResult", "activation_visualization", "deconv_visualization",
     "deepdream_visualization", "list_layers", "load_model", "load_top_activations",
     "render_top_activations", "top_activations", "utils",

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 
 import numpy as np
 import tensorflow as tf
 
-from tf_cnnvis.errors import FeedError, OptionError
+from tf_cnnvis.errors import FeedError, OptionError, OutOfMemoryError
 from tf_cnnvis.feeds import Feed
 from tf_cnnvis.layers import LayerInfo
 from tf_cnnvis.rebuild import RebuiltGraph
@@ -40,11 +41,24 @@ def run(rebuilt: RebuiltGraph, fetches, feed_dict):
     try:
         return rebuilt.session.run(fetches, feed_dict=feed_dict)
     except tf.errors.InvalidArgumentError as error:
-        message = error.message.split("\n")[0]
-        if "must feed a value for placeholder" in message:
-            raise FeedError(f"the model needs a value the feed dict lacks: {message}; add it to "
-                            "value_feed_dict") from None
-        raise FeedError(f"the model rejected the feed: {message}") from None
+        missing = re.search(r"must feed a value for placeholder tensor '([^']+)' with dtype (\w+)",
+                            error.message)
+        if missing:
+            raise FeedError(f"the model needs placeholder {missing.group(1)!r} ({missing.group(2)}) "
+                            "but value_feed_dict has no value for it; add it to value_feed_dict") from None
+        raise FeedError(f"the model rejected the feed: {_tf_reason(error.message)}") from None
+    except ValueError as error:  # raised by the session before running, e.g. a wrong shape
+        if not str(error).startswith("Cannot feed value"):
+            raise
+        raise FeedError(f"{error}; change that value in value_feed_dict") from None
+
+
+def _tf_reason(message: str) -> str:
+    """The line of a TensorFlow error that says what went wrong (not where)."""
+    lines = [line.strip() for line in message.splitlines()]
+    reasons = [line for line in lines if line and not line.startswith(
+        ("Graph execution error", "Detected at node", "File ", "Node:", "[[", "Traceback"))]
+    return reasons[-1] if reasons else lines[0]
 
 
 def activations(rebuilt: RebuiltGraph, feed: Feed, layers: list[LayerInfo]) -> dict[str, np.ndarray]:
@@ -53,11 +67,19 @@ def activations(rebuilt: RebuiltGraph, feed: Feed, layers: list[LayerInfo]) -> d
     return {layer.tensor: value for layer, value in zip(layers, values)}
 
 
+def check_memory_budget(memory_budget_mb) -> float:
+    """Refuse a budget that is not a finite positive number before any work starts."""
+    if (isinstance(memory_budget_mb, bool) or not isinstance(memory_budget_mb, (int, float, np.number))
+            or not math.isfinite(memory_budget_mb) or memory_budget_mb <= 0):
+        raise OptionError(f"memory_budget_mb={memory_budget_mb!r} must be a positive number of "
+                          f"megabytes (default {DEFAULT_MEMORY_BUDGET_MB})")
+    return float(memory_budget_mb)
+
+
 def chunk_size(rebuilt: RebuiltGraph, feed: Feed, layer: LayerInfo, image_shape,
                memory_budget_mb: float, limit: int) -> int:
     """How many batch items fit the memory budget for this layer."""
-    if memory_budget_mb <= 0:
-        raise OptionError(f"memory_budget_mb={memory_budget_mb!r} must be positive")
+    check_memory_budget(memory_budget_mb)
     per_item = item_bytes(rebuilt, feed, layer, image_shape)
     size = int(memory_budget_mb * 2**20 // max(per_item * _BACKWARD_FACTOR, 1))
     return int(max(1, min(size, limit)))
@@ -140,13 +162,41 @@ def reconstruct(rebuilt: RebuiltGraph, feed: Feed, layer: LayerInfo, target: str
     index, grads = rebuilt.target(layer.tensor, feed.input_name, kind)
     batch = chunk_size(rebuilt, feed, layer, images.shape[1:], memory_budget_mb, limit=len(channels))
     for n in range(n_images):
-        for begin in range(0, len(channels), batch):
-            chunk = rows[n][begin:begin + batch]
-            result[n, begin:begin + len(chunk)] = run(
+        def one_chunk(begin, end, n=n):
+            chunk = rows[n][begin:end]
+            result[n, begin:end] = run(
                 rebuilt, grads, {index: chunk.astype(np.int32), **feed.with_images(images[n:n + 1])})
             if progress is not None:
                 progress(len(chunk))
+
+        batch = _in_chunks(len(channels), batch, layer, one_chunk)
     return result
+
+
+def _in_chunks(total: int, batch: int, layer: LayerInfo, run_chunk) -> int:
+    """``run_chunk(begin, end)`` over ``0..total``; out of memory halves the chunk.
+
+    The memory estimate cannot see every allocation (a GPU's, another
+    process's), so a refused allocation is retried with half the items
+    instead of failing the run. Returns the chunk size that worked.
+    """
+    begin = 0
+    while begin < total:
+        end = min(begin + batch, total)
+        try:
+            run_chunk(begin, end)
+        except tf.errors.ResourceExhaustedError as error:
+            reason = _tf_reason(error.message)
+            if batch == 1:
+                raise OutOfMemoryError(
+                    f"out of memory computing one item of layer {layer.name!r} ({reason}); feed smaller "
+                    "images, or run on a device with more memory") from None
+            batch = max(1, (end - begin) // 2)
+            logger.warning("out of memory at %d items for %s (%s); going on with %d", end - begin,
+                           layer.name, reason, batch)
+            continue
+        begin = end
+    return batch
 
 
 def _reconstruct_crops(rebuilt, feed, layer, plan, channels, yx, result, memory_budget_mb, progress):
@@ -157,8 +207,9 @@ def _reconstruct_crops(rebuilt, feed, layer, plan, channels, yx, result, memory_
     batch = chunk_size(rebuilt, feed, layer, plan.size + images.shape[3:], memory_budget_mb,
                        limit=len(pairs))
     height, width = plan.size
-    for begin in range(0, len(pairs), batch):
-        chunk = pairs[begin:begin + batch]
+
+    def one_chunk(begin, end):
+        chunk = pairs[begin:end]
         image_ids = np.array([n for n, _ in chunk])
         channel_ids = np.array([k for _, k in chunk])
         units = yx[image_ids, channel_ids]
@@ -173,6 +224,8 @@ def _reconstruct_crops(rebuilt, feed, layer, plan, channels, yx, result, memory_
             result[n, k, oy:oy + height, ox:ox + width] = values[item]
         if progress is not None:
             progress(len(chunk))
+
+    _in_chunks(len(pairs), batch, layer, one_chunk)
 
 
 class CropPlan:

@@ -20,6 +20,10 @@ class ModelNotFoundError(ModelLoadError, FileNotFoundError):
     """A path given as model source does not exist."""
 
 
+class UntrustedModelError(ModelLoadError):
+    """A model file would run code (a Python Lambda, file or process ops) and was not trusted."""
+
+
 class FeedError(TfCnnvisError, ValueError):
     """The feed dict does not fit the model's inputs."""
 
@@ -33,6 +37,10 @@ class LayerNotFoundError(TfCnnvisError, KeyError):
 
 class OptionError(TfCnnvisError, ValueError):
     """A keyword option has a value outside what is accepted."""
+
+
+class OutOfMemoryError(TfCnnvisError, MemoryError):
+    """Even one item at a time does not fit the memory the backend has."""
 
 
 class OutputError(TfCnnvisError, OSError):

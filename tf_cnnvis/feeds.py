@@ -84,9 +84,16 @@ def resolve_feed(model: FrozenModel, graph: tf.Graph, value_feed_dict, input_ten
 def _as_array(name: str, value, graph) -> np.ndarray:
     dtype = graph.get_tensor_by_name(name).dtype
     try:
-        return np.asarray(value, dtype=dtype.as_numpy_dtype)
+        array = np.asarray(value, dtype=dtype.as_numpy_dtype)
     except (TypeError, ValueError) as error:
         raise FeedError(f"the value fed to {name!r} cannot be converted to {dtype.name}: {error}") from None
+    if dtype.is_integer or dtype.is_bool:  # a silent cast would truncate 0.5 to 0
+        given = np.asarray(value)
+        if given.dtype.kind in "fc" and not np.array_equal(given, array):
+            bad = given.flat[np.flatnonzero(given.ravel() != array.ravel())[0]].item()
+            raise FeedError(f"the value fed to {name!r} holds {bad!r}, which {dtype.name} cannot "
+                            f"represent; feed whole numbers for this {dtype.name} input")
+    return array
 
 
 def _pick_input(model, graph, values, input_tensor) -> str:
@@ -122,7 +129,9 @@ def _check_images(name: str, images: np.ndarray, placeholder) -> np.ndarray:
     if images.shape[0] == 0:
         raise FeedError(f"the batch fed to {name!r} is empty (shape {images.shape}); give at least one image")
     if images.dtype.kind == "f" and not np.all(np.isfinite(images)):
-        raise FeedError(f"images fed to {name!r} contain NaN or infinite values; give finite pixels")
+        where = tuple(int(i) for i in np.argwhere(~np.isfinite(images))[0])
+        raise FeedError(f"images fed to {name!r} contain NaN or infinite values (first {images[where]} "
+                        f"at index {where}); give finite pixels")
     return images
 
 

@@ -12,37 +12,63 @@ import math
 import numpy as np
 
 
+# How many values normalize_each scales at once: bounds its float64
+# temporaries (a few copies of one block, ~80 MB) whatever the batch size.
+_BLOCK_VALUES = 1 << 21
+
+
 def image_normalization(image, s=0.1, ubound=255.0):
     """Min-max scale ``image`` to ``[0, ubound]`` as uint8.
 
     ``s`` is kept for compatibility with the original signature and unused.
     A constant image maps to 0; non-finite values are treated as the minimum
-    of the finite ones.
+    of the finite ones. The maximum maps to exactly ``ubound`` (a truncated
+    254 would leave no pixel white).
     """
-    image = np.asarray(image, dtype=np.float64)
-    finite = np.isfinite(image)
-    if not finite.any():
+    image = np.asarray(image)
+    if image.size == 0:
         return np.zeros(image.shape, np.uint8)
-    low, high = image[finite].min(), image[finite].max()
-    image = np.where(finite, image, low)
-    scale = ubound / (high - low) if high > low else 0.0
-    return np.clip((image - low) * scale, 0, ubound).astype(np.uint8)
+    return _normalize_rows(image.reshape(1, -1), ubound).reshape(image.shape)
 
 
 def normalize_each(images, ubound=255.0):
-    """``image_normalization`` applied to each item of a batch on its own."""
-    images = np.asarray(images, dtype=np.float32)
-    if images.shape[0] == 0:
-        return np.zeros(images.shape, np.uint8)
-    flat = images.reshape(images.shape[0], -1)
-    finite = np.isfinite(flat)
-    low = np.where(finite, flat, np.inf).min(axis=1, keepdims=True)
-    high = np.where(finite, flat, -np.inf).max(axis=1, keepdims=True)
-    low = np.where(np.isfinite(low), low, 0.0)
+    """``image_normalization`` applied to each item of a batch on its own.
+
+    Works through the batch in blocks, so thousands of reconstructions do
+    not need several float copies of the whole batch at once.
+    """
+    images = np.asarray(images)
+    result = np.zeros(images.shape, np.uint8)
+    if images.shape[0] == 0 or images.size == 0:
+        return result
+    per_item = images.size // images.shape[0]
+    block = max(1, _BLOCK_VALUES // per_item)
+    for begin in range(0, images.shape[0], block):
+        part = images[begin:begin + block]
+        result[begin:begin + block] = _normalize_rows(part.reshape(part.shape[0], -1),
+                                                      ubound).reshape(part.shape)
+    return result
+
+
+def _normalize_rows(rows, ubound):
+    """Each row of a 2-D array min-max scaled on its own to uint8 ``[0, ubound]``."""
+    rows = rows.astype(np.float64)
+    finite = np.isfinite(rows)
+    low = np.where(finite, rows, np.inf).min(axis=1, keepdims=True)
+    high = np.where(finite, rows, -np.inf).max(axis=1, keepdims=True)
+    nothing_finite = ~np.isfinite(low)
+    low, high = np.where(nothing_finite, 0.0, low), np.where(nothing_finite, 0.0, high)
+    with np.errstate(over="ignore"):
+        overflow = ~np.isfinite(high - low)  # e.g. -1e308..1e308: halving is exact and fits
+    if overflow.any():
+        factor = np.where(overflow, 0.5, 1.0)
+        rows, low, high = rows * factor, low * factor, high * factor
     span = high - low
-    scale = np.where(span > 0, ubound / np.where(span > 0, span, 1.0), 0.0)
-    scaled = np.where(finite, (flat - low) * scale, 0.0)
-    return np.clip(scaled, 0, ubound).astype(np.uint8).reshape(images.shape)
+    with np.errstate(invalid="ignore", over="ignore"):
+        # (x - low) / span is exactly 1 at the maximum, so it maps to ubound itself.
+        scaled = (rows - low) / np.where(span > 0, span, 1.0) * ubound
+    scaled = np.where(finite & (span > 0), scaled, 0.0)
+    return np.clip(scaled, 0, min(ubound, 255)).astype(np.uint8)
 
 
 def convert_into_grid(Xs, padding=1, ubound=255.0):  # noqa: N803 - original name
@@ -61,8 +87,12 @@ def convert_into_grid(Xs, padding=1, ubound=255.0):  # noqa: N803 - original nam
         raise ValueError(f"padding={padding!r} must be >= 0")
     columns = max(1, math.ceil(math.sqrt(n)))
     rows = max(1, math.ceil(n / columns))
-    cells = np.clip(np.nan_to_num(Xs.astype(np.float32, copy=False), nan=0.0, posinf=ubound, neginf=0.0),
-                    0, 255).astype(np.uint8) if Xs.dtype != np.uint8 else Xs
+    if Xs.dtype != np.uint8:
+        with np.errstate(over="ignore"):  # beyond float32 is beyond 255 anyway
+            cells = np.clip(np.nan_to_num(Xs.astype(np.float32, copy=False), nan=0.0, posinf=ubound,
+                                          neginf=0.0), 0, 255).astype(np.uint8)
+    else:
+        cells = Xs
     grid = np.full((rows * height + padding * (rows - 1), columns * width + padding * (columns - 1),
                     channels), min(ubound, 255), dtype=np.uint8)
     for index in range(n):

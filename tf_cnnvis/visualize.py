@@ -51,9 +51,9 @@ class VisualizationResult:
         return self.arrays[layer_name]
 
 
-def list_layers(graph_or_path=None, *, sess_graph_path=None) -> list[LayerInfo]:
+def list_layers(graph_or_path=None, *, sess_graph_path=None, trust_model_code=False) -> list[LayerInfo]:
     """Every selectable layer: name, kind, op type, output shape, channels."""
-    model = load_model(_source(graph_or_path, sess_graph_path))
+    model = load_model(_source(graph_or_path, sess_graph_path), trust_model_code=trust_model_code)
     return layer_table(rebuild(model, "gradient").graph, model)
 
 
@@ -69,15 +69,21 @@ def _source(graph_or_path, sess_graph_path):
 class _Writer:
     """Writes one call's pictures to ``path_outdir`` and ``path_logdir``."""
 
-    def __init__(self, path_outdir, path_logdir, step, result: VisualizationResult, layers):
-        self.outdir = ensure_folder(path_outdir, "output folder") if path_outdir is not None else None
-        self.summary = SummaryWriter.for_logdir(path_logdir) if path_logdir is not None else None
+    def __init__(self, path_outdir, path_logdir, step, result: VisualizationResult, layers,
+                 model_names=()):
         if not isinstance(step, (int, np.integer)) or isinstance(step, bool):
             raise OptionError(f"step={step!r} must be an integer")
+        self.outdir = ensure_folder(path_outdir, "output folder") if path_outdir is not None else None
+        self.summary = SummaryWriter.for_logdir(path_logdir) if path_logdir is not None else None
         self.step = int(step)
         self.result = result
         result.logdir = self.summary.logdir if self.summary else None
-        self.folders = safe_names([layer.name for layer in layers])
+        # Folders are named over every layer of the model, not only this call's:
+        # "a/b" drawn today and "a_b" tomorrow must not share the folder "a_b".
+        self.folders = safe_names(list(dict.fromkeys([*model_names, *(layer.name for layer in layers)])))
+        # With neither folder there is nothing to render: grids of thousands of
+        # channels would cost gigabytes for nothing.
+        self.enabled = self.outdir is not None or self.summary is not None
         self._pending: dict[str, tuple] = {}
 
     def image(self, layer: LayerInfo, parts: tuple[str, ...], filename: str, picture: np.ndarray,
@@ -119,7 +125,8 @@ def _feature_grid(values: np.ndarray) -> np.ndarray:
 
 def activation_visualization(graph_or_path=None, value_feed_dict=None, input_tensor=None, layers="r",
                              path_logdir="./Log", path_outdir="./Output", *, sess_graph_path=None,
-                             step=0, save_channels=False, progress=False) -> VisualizationResult:
+                             step=0, save_channels=False, progress=False,
+                             trust_model_code=False) -> VisualizationResult:
     """Grids of every selected layer's feature maps, on disk and in TensorBoard.
 
     Args:
@@ -135,20 +142,23 @@ def activation_visualization(graph_or_path=None, value_feed_dict=None, input_ten
         save_channels: also write one PNG per channel.
         progress: ``True`` shows a progress bar on standard error when it is
             a terminal; a callable receives the number of layers finished.
+        trust_model_code: allow a model file that holds code (a Keras
+            ``Lambda``, file or Python ops); refused by default.
     """
-    model = load_model(_source(graph_or_path, sess_graph_path))
+    model = load_model(_source(graph_or_path, sess_graph_path), trust_model_code=trust_model_code)
     rebuilt = rebuild(model, "gradient")
     chosen = select_layers(rebuilt.graph, model, layers)
     feed = resolve_feed(model, rebuilt.graph, value_feed_dict, input_tensor)
-    values = compute.activations(rebuilt, feed, chosen)
     result = VisualizationResult("activations", layers=chosen)
-    writer = _Writer(path_outdir, path_logdir, step, result, chosen)
+    writer = _Writer(path_outdir, path_logdir, step, result, chosen,  # bad folders fail before the work
+                     [info.name for info in layer_table(rebuilt.graph, model)])
+    values = compute.activations(rebuilt, feed, chosen)
     count = feed.images.shape[0]
     bar = progress_bar(progress, len(chosen), "activations")
     for layer in chosen:
         layer_values = values[layer.tensor]
         result.arrays[layer.name] = layer_values
-        for index in range(count):
+        for index in range(count) if writer.enabled else ():
             parts = ("activations",) + _image_parts(index, count)
             writer.image(layer, parts, "grid_activation.png", _feature_grid(layer_values[index]),
                          _tag(layer, "activations", index, count))
@@ -168,7 +178,7 @@ def deconv_visualization(graph_or_path=None, value_feed_dict=None, input_tensor=
                          method="deconvnet", target="map", channels=None, step=0,
                          save_channels=False,
                          memory_budget_mb=compute.DEFAULT_MEMORY_BUDGET_MB,
-                         progress=False) -> VisualizationResult:
+                         progress=False, trust_model_code=False) -> VisualizationResult:
     """Reconstruct each channel of each selected layer back into image space.
 
     Args (beyond those of :func:`activation_visualization`):
@@ -182,6 +192,7 @@ def deconv_visualization(graph_or_path=None, value_feed_dict=None, input_tensor=
         progress: ``True`` shows a progress bar on standard error when it is
             a terminal; a callable receives the number of reconstructions
             finished.
+        trust_model_code: as in :func:`activation_visualization`.
     """
     methods = [method] if isinstance(method, str) else list(method)
     for name in methods:
@@ -189,7 +200,8 @@ def deconv_visualization(graph_or_path=None, value_feed_dict=None, input_tensor=
             raise OptionError(f"method {name!r} is not one of {', '.join(map(repr, METHODS))}")
     if target not in compute.TARGETS:
         raise OptionError(f"target {target!r} is not one of {', '.join(map(repr, compute.TARGETS))}")
-    model = load_model(_source(graph_or_path, sess_graph_path))
+    compute.check_memory_budget(memory_budget_mb)
+    model = load_model(_source(graph_or_path, sess_graph_path), trust_model_code=trust_model_code)
     plain = rebuild(model, "gradient")
     chosen = select_layers(plain.graph, model, layers)
     feed = resolve_feed(model, plain.graph, value_feed_dict, input_tensor)
@@ -200,7 +212,8 @@ def deconv_visualization(graph_or_path=None, value_feed_dict=None, input_tensor=
         _check_channels(layer, channels)
     values = compute.activations(plain, feed, chosen) if target == "unit" else {}
     result = VisualizationResult("deconvolution", layers=chosen)
-    writer = _Writer(path_outdir, path_logdir, step, result, chosen)
+    writer = _Writer(path_outdir, path_logdir, step, result, chosen,
+                     [info.name for info in layer_table(plain.graph, model)])
     count = feed.images.shape[0]
     folder_of = {name: name if target == "map" else f"{name}_unit" for name in methods}
     per_layer = [layer.channels if channels is None else len(np.atleast_1d(channels)) for layer in chosen]
@@ -213,7 +226,7 @@ def deconv_visualization(graph_or_path=None, value_feed_dict=None, input_tensor=
                                         layer_values=values.get(layer.tensor),
                                         memory_budget_mb=memory_budget_mb, progress=bar.update)
             result.arrays[layer.name][name] = recon
-            for index in range(count):
+            for index in range(count) if writer.enabled else ():
                 parts = ("deconvolution", folder_of[name]) + _image_parts(index, count)
                 pictures = normalize_each(recon[index])
                 writer.image(layer, parts, "grid_image.png", convert_into_grid(pictures),

@@ -47,12 +47,29 @@ def safe_names(names) -> dict[str, str]:
     for cleaned, _ in plain.values():
         counts[cleaned.lower()] = counts.get(cleaned.lower(), 0) + 1
     result = {}
+    hashed = []
     for name, (cleaned, needs_hash) in plain.items():
         if needs_hash or counts[cleaned.lower()] > 1:
-            digest = hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-            cleaned = f"{cleaned}-{digest}"
-        result[name] = cleaned
-    return result
+            hashed.append(name)
+        else:
+            result[name] = cleaned
+    # A hashed name can still meet a layer literally named like it
+    # ("a b" -> "a_b-<hash>" beside a layer called "a_b-<hash>"): lengthen
+    # the hash, then count, until every folder is unique on any file system.
+    taken = {folder.lower() for folder in result.values()}
+    for name in hashed:
+        cleaned = plain[name][0]
+        digest = hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()
+        candidates = [f"{cleaned}-{digest[:size]}" for size in (8, 16, 40)]
+        folder = next((c for c in candidates if c.lower() not in taken), None)
+        serial = 1
+        while folder is None:
+            candidate = f"{candidates[-1]}-{serial}"
+            folder = candidate if candidate.lower() not in taken else None
+            serial += 1
+        taken.add(folder.lower())
+        result[name] = folder
+    return {name: result[name] for name in plain}
 
 
 def encode_png(image: np.ndarray) -> bytes:
