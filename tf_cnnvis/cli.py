@@ -110,6 +110,9 @@ def _add_common(parser, model=True, images=True):
     parser.add_argument("--cache-dir", metavar="DIR",
                         help=f"where model URLs are downloaded (default ${CACHE_ENV}, else "
                              "~/.cache/tf_cnnvis)")
+    parser.add_argument("--trust-model-code", action="store_true",
+                        help="allow a model file that holds code (a Keras Lambda layer, Python or "
+                             "file ops); only for files you trust")
     _add_output_options(parser)
 
 
@@ -298,7 +301,8 @@ def _remove_leftovers(folder: str, prefix: str):
                 os.remove(os.path.join(folder, name))
 
 
-def resolve_model(spec: str, cache_dir: str | None = None, progress: bool = False):
+def resolve_model(spec: str, cache_dir: str | None = None, progress: bool = False,
+                  trust_model_code: bool = False):
     """(FrozenModel, built-in entry or None) for a MODEL argument."""
     from tf_cnnvis.load import load_model
     from tf_cnnvis.models import BUILTIN_MODELS
@@ -307,11 +311,11 @@ def resolve_model(spec: str, cache_dir: str | None = None, progress: bool = Fals
         builtin = BUILTIN_MODELS[spec]
         return load_model(builtin.builder()), spec
     if spec.lower().startswith(URL_SCHEMES):
-        return load_model(fetch(spec, cache_dir, progress)), None
+        return load_model(fetch(spec, cache_dir, progress), trust_model_code=trust_model_code), None
     if not os.path.exists(spec) and "/" not in spec and "." not in spec:
         raise CommandError(f"model {spec!r} is neither a built-in model ({', '.join(BUILTIN_MODELS)}) "
                            "nor an existing path; give a model file, a SavedModel folder or a URL")
-    return load_model(spec), None
+    return load_model(spec, trust_model_code=trust_model_code), None
 
 
 # --------------------------------------------------------------------------- images
@@ -404,7 +408,8 @@ def _folders(args):
 def _run_layers(args, out):
     from tf_cnnvis.visualize import list_layers
 
-    model, _ = resolve_model(args.model, args.cache_dir, progress=not args.quiet)
+    model, _ = resolve_model(args.model, args.cache_dir, progress=not args.quiet,
+                                    trust_model_code=args.trust_model_code)
     table = list_layers(model)
     out.write(f"{'name':40s} {'kind':6s} {'op type':22s} {'shape':18s} channels\n")
     for row in table:
@@ -415,7 +420,8 @@ def _run_layers(args, out):
 def _run_activations(args, out):
     from tf_cnnvis.visualize import activation_visualization
 
-    model, builtin = resolve_model(args.model, args.cache_dir, progress=not args.quiet)
+    model, builtin = resolve_model(args.model, args.cache_dir, progress=not args.quiet,
+                                    trust_model_code=args.trust_model_code)
     images = load_images(args.images, model, builtin, args)
     outdir, logdir = _folders(args)
     result = activation_visualization(model, _feed(args, images), args.input_tensor, args.layers,
@@ -427,7 +433,8 @@ def _run_activations(args, out):
 def _run_deconv(args, out):
     from tf_cnnvis.visualize import deconv_visualization
 
-    model, builtin = resolve_model(args.model, args.cache_dir, progress=not args.quiet)
+    model, builtin = resolve_model(args.model, args.cache_dir, progress=not args.quiet,
+                                    trust_model_code=args.trust_model_code)
     images = load_images(args.images, model, builtin, args)
     outdir, logdir = _folders(args)
     result = deconv_visualization(model, _feed(args, images), args.input_tensor, args.layers,
@@ -443,7 +450,8 @@ def _run_deepdream(args, out):
     from tf_cnnvis.models import EMOTION_LABELS
     from tf_cnnvis.progress import progress_bar
 
-    model, builtin = resolve_model(args.model, args.cache_dir, progress=not args.quiet)
+    model, builtin = resolve_model(args.model, args.cache_dir, progress=not args.quiet,
+                                    trust_model_code=args.trust_model_code)
     images = load_images(args.images, model, builtin, args)
     _, value_range, deprocess = _preprocessing(args.preprocess, builtin)
     labels = args.labels

@@ -301,7 +301,7 @@ def top_activations(model, dataset, layers, k=9, *, batch_size=64, channels=None
                     feed_dict=None, method="deconvnet", reconstruct=True, deprocess=None,
                     path_outdir="./Output", strategy=None, limit=None,
                     memory_budget_mb=compute.DEFAULT_MEMORY_BUDGET_MB, jit_compile=False,
-                    log_every_s=10.0) -> TopActivations:
+                    log_every_s=10.0, trust_model_code=False) -> TopActivations:
     """Find each channel's ``k`` strongest images in ``dataset`` and draw them.
 
     Args:
@@ -327,6 +327,8 @@ def top_activations(model, dataset, layers, k=9, *, batch_size=64, channels=None
             active one (``tf.distribute.get_strategy()``).
         limit: scan only the first ``limit`` images.
         jit_compile: compile the scan with XLA (as Keras does for ``predict``).
+        trust_model_code: allow a model file that holds code (a Keras
+            ``Lambda``, file or Python ops); refused by default.
     """
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise OptionError(f"k={k!r} must be an integer >= 1")
@@ -336,7 +338,7 @@ def top_activations(model, dataset, layers, k=9, *, batch_size=64, channels=None
         raise OptionError(f"method {method!r} is not one of {', '.join(map(repr, METHODS))}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1):
         raise OptionError(f"limit={limit!r} must be None or an integer >= 1")
-    frozen = load_model(model)
+    frozen = load_model(model, trust_model_code=trust_model_code)
     plain = rebuild(frozen, "gradient")
     chosen = select_layers(plain.graph, frozen, layers)
     for layer in chosen:

@@ -107,7 +107,9 @@ class NetworkObjective:
 
     Images in ``[-1, 1]`` map linearly onto the model's ``value_range``.
     Images larger than ``tile_size`` are cut into tiles; all tiles of all
-    items share the network batch, chunked by ``memory_budget_mb``.
+    items share the network batch, chunked by ``memory_budget_mb``. Where
+    the graph takes any size (``tile_size`` is only the size the model was
+    built for), a smaller image is fed whole.
     """
 
     def __init__(self, rebuilt: RebuiltGraph, feed: Feed, ops: ObjectiveOps, layer: LayerInfo,
@@ -116,9 +118,16 @@ class NetworkObjective:
         low, high = (float(v) for v in value_range)
         self.center, self.half = (low + high) / 2, (high - low) / 2
         self.tile_size = tile_size
+        self.fixed_size = all(d is not None for d in rebuilt.tensor(feed.input_name).shape.as_list()[1:3])
         self.memory_budget_mb = memory_budget_mb
         self._chunks: dict[tuple, int] = {}
         self.network_runs = 0
+
+    def _plan(self, size) -> TilePlan:
+        tile = self.tile_size
+        if tile is not None and not self.fixed_size:
+            tile = tuple(min(t, s) for t, s in zip(tile, size))
+        return TilePlan.for_image(size, tile)
 
     def to_model(self, images: np.ndarray) -> np.ndarray:
         return (self.center + self.half * images).astype(self.feed.images.dtype)
@@ -144,7 +153,7 @@ class NetworkObjective:
 
     def __call__(self, images: np.ndarray, targets: np.ndarray):
         """(values per item averaged over its tiles, gradient w.r.t. the unit image)."""
-        plan = TilePlan.for_image(images.shape[1:3], self.tile_size)
+        plan = self._plan(images.shape[1:3])
         tiles = plan.cut(images)
         tile_targets = np.repeat(np.asarray(targets, np.int32), plan.count)
         results = self._run([self.ops.values, self.ops.gradient], tiles, tile_targets)
@@ -154,7 +163,7 @@ class NetworkObjective:
 
     def values(self, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
         """Objective values only (a forward pass), averaged over tiles."""
-        plan = TilePlan.for_image(images.shape[1:3], self.tile_size)
+        plan = self._plan(images.shape[1:3])
         tiles = plan.cut(images)
         tile_targets = np.repeat(np.asarray(targets, np.int32), plan.count)
         results = self._run(self.ops.values, tiles, tile_targets)

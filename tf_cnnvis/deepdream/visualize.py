@@ -41,7 +41,7 @@ def deepdream_visualization(graph_or_path=None, value_feed_dict=None, layer=None
                             laplacian_levels=4, l2=1e-3, tv=0.0, bilateral=False, denoise=None,
                             param="pixel", transforms=None, learning_rate=0.05, seed=0, step=0,
                             memory_budget_mb=compute.DEFAULT_MEMORY_BUDGET_MB,
-                            progress=None) -> VisualizationResult:
+                            progress=None, trust_model_code=False) -> VisualizationResult:
     """Images that maximize classes, channels, or a whole layer, one batch item each.
 
     Args:
@@ -88,6 +88,8 @@ def deepdream_visualization(graph_or_path=None, value_feed_dict=None, layer=None
         memory_budget_mb: bounds how many items and tiles run at once.
         progress: called with 1 after every iteration (e.g. a progress bar's
             ``update``).
+        trust_model_code: allow a model file that holds code (a Keras
+            ``Lambda``, file or Python ops); refused by default.
 
     Returns:
         A :class:`~tf_cnnvis.VisualizationResult` of kind ``"deepdream"``;
@@ -100,7 +102,7 @@ def deepdream_visualization(graph_or_path=None, value_feed_dict=None, layer=None
         jitter=jitter, normalize=normalize, laplacian_levels=laplacian_levels, l2=l2, tv=tv,
         bilateral=bilateral, denoise=denoise, param=param, transforms=transforms,
         learning_rate=learning_rate, seed=seed).check()
-    model = load_model(_source(graph_or_path, sess_graph_path))
+    model = load_model(_source(graph_or_path, sess_graph_path), trust_model_code=trust_model_code)
     rebuilt = rebuild(model, "gradient")
     info = _resolve_layer(rebuilt, model, layer)
     feed = resolve_feed(model, rebuilt.graph, value_feed_dict, input_tensor)
@@ -124,7 +126,8 @@ def deepdream_visualization(graph_or_path=None, value_feed_dict=None, layer=None
         start_images = np.broadcast_to(objective.to_unit(images), (count,) + images.shape[1:]).copy()
     else:
         start_images = noise((count,) + images.shape[1:], seed)
-    min_side = max(tile) if tile is not None else MIN_OCTAVE_SIDE
+    # A fixed-size input cannot take an octave smaller than itself.
+    min_side = max(tile) if tile is not None and objective.fixed_size else MIN_OCTAVE_SIDE
     logger.info("DeepDream on %s (%s objective): %d item(s) of %dx%d, %s", info.name, kind, count,
                 images.shape[1], images.shape[2], settings)
     outcome = render(objective, start_images, indices, settings, start_is_noise=start == "noise",
