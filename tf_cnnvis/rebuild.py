@@ -60,7 +60,8 @@ def _deconvnet_leaky(op, grad):
 
 
 def _guided_relu(op, grad):
-    return grad * _positive(grad) * tf.cast(op.outputs[0] > 0, grad.dtype)
+    # ReluGrad(g', y) = g' * [y > 0]: one fused kernel instead of five elementwise ops.
+    return tf.raw_ops.ReluGrad(gradients=tf.nn.relu(grad), features=op.outputs[0])
 
 
 def _guided_relu6(op, grad):
