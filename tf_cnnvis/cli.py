@@ -405,11 +405,20 @@ def _folders(args):
 
 # --------------------------------------------------------------------------- commands
 
+def _model(args):
+    return resolve_model(args.model, args.cache_dir, progress=not args.quiet,
+                         trust_model_code=args.trust_model_code)
+
+
+def _model_and_images(args):
+    """(FrozenModel, built-in name or None, image batch) for a visualizing subcommand."""
+    model, builtin = _model(args)
+    return model, builtin, load_images(args.images, model, builtin, args)
+
 def _run_layers(args, out):
     from tf_cnnvis.visualize import list_layers
 
-    model, _ = resolve_model(args.model, args.cache_dir, progress=not args.quiet,
-                                    trust_model_code=args.trust_model_code)
+    model, _ = _model(args)
     table = list_layers(model)
     out.write(f"{'name':40s} {'kind':6s} {'op type':22s} {'shape':18s} channels\n")
     for row in table:
@@ -420,9 +429,7 @@ def _run_layers(args, out):
 def _run_activations(args, out):
     from tf_cnnvis.visualize import activation_visualization
 
-    model, builtin = resolve_model(args.model, args.cache_dir, progress=not args.quiet,
-                                    trust_model_code=args.trust_model_code)
-    images = load_images(args.images, model, builtin, args)
+    model, builtin, images = _model_and_images(args)
     outdir, logdir = _folders(args)
     result = activation_visualization(model, _feed(args, images), args.input_tensor, args.layers,
                                       logdir, outdir, step=args.step, save_channels=args.save_channels,
@@ -433,9 +440,7 @@ def _run_activations(args, out):
 def _run_deconv(args, out):
     from tf_cnnvis.visualize import deconv_visualization
 
-    model, builtin = resolve_model(args.model, args.cache_dir, progress=not args.quiet,
-                                    trust_model_code=args.trust_model_code)
-    images = load_images(args.images, model, builtin, args)
+    model, builtin, images = _model_and_images(args)
     outdir, logdir = _folders(args)
     result = deconv_visualization(model, _feed(args, images), args.input_tensor, args.layers,
                                   logdir, outdir, method=args.method, target=args.target,
@@ -450,9 +455,7 @@ def _run_deepdream(args, out):
     from tf_cnnvis.models import EMOTION_LABELS
     from tf_cnnvis.progress import progress_bar
 
-    model, builtin = resolve_model(args.model, args.cache_dir, progress=not args.quiet,
-                                    trust_model_code=args.trust_model_code)
-    images = load_images(args.images, model, builtin, args)
+    model, builtin, images = _model_and_images(args)
     _, value_range, deprocess = _preprocessing(args.preprocess, builtin)
     labels = args.labels
     if labels is None and builtin == "emotion":
