@@ -88,6 +88,9 @@ def test_every_n_epochs_and_always_the_last(tmp_path, epochs, every, expected):
                                      visualizations="activations", every_n_epochs=every,
                                      path_outdir=str(tmp_path / "png"))
     model.fit(x, y, epochs=epochs, batch_size=8, verbose=0, callbacks=[callback])
+    from tf_cnnvis.write import SummaryWriter
+
+    assert os.path.abspath(callback.run_dir) not in SummaryWriter._writers  # closed after fit
     assert sorted(callback.results) == expected
     assert sorted(read_images(callback.run_dir)["conv1/activations"]) == expected
     assert sorted(os.listdir(tmp_path / "png")) == [f"epoch_{step:04d}" for step in expected]

@@ -25,6 +25,7 @@ from tf_cnnvis import compute
 from tf_cnnvis.errors import OptionError
 from tf_cnnvis.rebuild import METHODS
 from tf_cnnvis.visualize import activation_visualization, deconv_visualization
+from tf_cnnvis.write import SummaryWriter
 
 logger = logging.getLogger("tf_cnnvis")
 
@@ -96,6 +97,10 @@ class VisualizationCallback(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._epochs = self.params.get("epochs") if self.params else None
+
+    def on_train_end(self, logs=None):
+        if self.run_dir is not None:  # like Keras's TensorBoard callback: files closed after fit
+            SummaryWriter.close_logdir(self.run_dir)
 
     def on_epoch_end(self, epoch, logs=None):
         last = self._epochs is not None and epoch == self._epochs - 1

@@ -311,8 +311,15 @@ class RebuiltGraph:
                                       [1] * (rank - 1) + [-1])
                     upstream = mask * tf.ones_like(act)
                 else:
-                    position = tf.concat([[0], item], axis=0)[None]
-                    upstream = tf.scatter_nd(position, tf.ones([1], act.dtype), tf.shape(act))
+                    # A one-hot at (y, x, c) as an outer product of one-hots: every op
+                    # here has a parallel-for converter (scatter_nd would fall back
+                    # to a sequential while_loop).
+                    dims = tf.unstack(tf.shape(act)[1:], num=rank - 1)
+                    upstream = tf.ones([1], act.dtype)
+                    for axis in range(rank - 1):
+                        hot = tf.one_hot(item[axis], dims[axis], dtype=act.dtype)
+                        upstream = upstream[..., None] * hot
+                    upstream = upstream * tf.ones_like(act)
                 return tf.gradients(act, image, grad_ys=upstream)[0][0]
 
             return index, tf.vectorized_map(one_item, index)

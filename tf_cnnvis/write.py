@@ -180,6 +180,14 @@ class SummaryWriter:
             self._records.flush()
 
     @classmethod
+    def close_logdir(cls, logdir: str):
+        """Close the writer of ``logdir``, if open; a later call opens a new file."""
+        with cls._lock:
+            writer = cls._writers.pop(os.path.abspath(logdir), None)
+            if writer is not None:
+                writer._records.close()
+
+    @classmethod
     def close_all(cls):
         with cls._lock:
             for writer in cls._writers.values():
