@@ -21,6 +21,8 @@ import re
 import sys
 import urllib.parse
 
+from tf_cnnvis.compute import DEFAULT_MEMORY_BUDGET_MB
+
 PROGRAM = "tf-cnnvis"
 CACHE_ENV = "TF_CNNVIS_CACHE"
 URL_SCHEMES = ("http://", "https://")
@@ -157,8 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="map: the whole channel map (default); unit: its strongest unit")
     deconv.add_argument("--channels", type=_integers, metavar="LIST",
                         help="channel indices, e.g. 0,3,5-8 (default: all)")
-    deconv.add_argument("--memory-budget-mb", type=float, default=1024,
-                        help="bounds the batch of reconstructions run at once (default 1024)")
+    deconv.add_argument("--memory-budget-mb", type=float, default=DEFAULT_MEMORY_BUDGET_MB,
+                        help="bounds the batch of reconstructions run at once "
+                             f"(default {DEFAULT_MEMORY_BUDGET_MB})")
     deconv.add_argument("--save-channels", action="store_true",
                         help="also write one PNG per channel")
     deconv.set_defaults(run=_run_deconv)

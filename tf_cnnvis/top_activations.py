@@ -34,7 +34,7 @@ from tf_cnnvis.errors import FeedError, OptionError
 from tf_cnnvis.feeds import Feed
 from tf_cnnvis.layers import LayerInfo, select_layers
 from tf_cnnvis.load import load_model
-from tf_cnnvis.rebuild import METHODS, rebuild
+from tf_cnnvis.rebuild import check_method, rebuild
 from tf_cnnvis.utils import convert_into_grid, image_normalization
 from tf_cnnvis.write import encode_png, ensure_folder, inside, safe_names, write_atomic
 
@@ -334,8 +334,7 @@ def top_activations(model, dataset, layers, k=9, *, batch_size=64, channels=None
         raise OptionError(f"k={k!r} must be an integer >= 1")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise OptionError(f"batch_size={batch_size!r} must be an integer >= 1")
-    if method not in METHODS:
-        raise OptionError(f"method {method!r} is not one of {', '.join(map(repr, METHODS))}")
+    check_method(method)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1):
         raise OptionError(f"limit={limit!r} must be None or an integer >= 1")
     frozen = load_model(model, trust_model_code=trust_model_code)

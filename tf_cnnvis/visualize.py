@@ -18,7 +18,7 @@ from tf_cnnvis.feeds import resolve_feed
 from tf_cnnvis.layers import LayerInfo, layer_table, select_layers
 from tf_cnnvis.load import load_model
 from tf_cnnvis.progress import progress_bar
-from tf_cnnvis.rebuild import METHODS, rebuild
+from tf_cnnvis.rebuild import check_method, rebuild
 from tf_cnnvis.utils import convert_into_grid, image_normalization, normalize_each
 from tf_cnnvis.write import SummaryWriter, encode_png, ensure_folder, inside, safe_names, write_atomic
 
@@ -194,10 +194,7 @@ def deconv_visualization(graph_or_path=None, value_feed_dict=None, input_tensor=
             finished.
         trust_model_code: as in :func:`activation_visualization`.
     """
-    methods = [method] if isinstance(method, str) else list(method)
-    for name in methods:
-        if name not in METHODS:
-            raise OptionError(f"method {name!r} is not one of {', '.join(map(repr, METHODS))}")
+    methods = [check_method(name) for name in ([method] if isinstance(method, str) else method)]
     if target not in compute.TARGETS:
         raise OptionError(f"target {target!r} is not one of {', '.join(map(repr, compute.TARGETS))}")
     compute.check_memory_budget(memory_budget_mb)
