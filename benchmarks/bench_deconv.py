@@ -39,15 +39,24 @@ from tf_cnnvis import compute  # noqa: E402
 from tf_cnnvis.feeds import resolve_feed  # noqa: E402
 from tf_cnnvis.layers import select_layers  # noqa: E402
 from tf_cnnvis.load import load_model  # noqa: E402
-from tf_cnnvis.rebuild import RebuiltGraph, clear_cache, rebuild  # noqa: E402
+from tf_cnnvis.rebuild import clear_cache, rebuild  # noqa: E402
 from tf_cnnvis.utils import convert_into_grid, image_normalization  # noqa: E402
 from tf_cnnvis.write import SummaryWriter, encode_png, write_atomic  # noqa: E402
 
 
-def original_reference(model, feed_value, input_name, layers, outdir, logdir, method="guided", limit=None):
+@tf.RegisterGradient("OriginalGuidedRelu")
+def _original_guided_relu(op, grad):
+    """The original's one override (ReLU); max-pooling kept TensorFlow's MaxPoolGrad."""
+    return tf.where(0.0 < grad, tf.raw_ops.ReluGrad(gradients=grad, features=op.outputs[0]),
+                    tf.zeros_like(grad))
+
+
+def original_reference(model, feed_value, input_name, layers, outdir, logdir, limit=None):
     """The original's loop: 8 gradient ops per run, a summary image per channel."""
-    rebuilt = RebuiltGraph(model, method)  # the original re-imported the graph on every call
-    graph, session = rebuilt.graph, rebuilt.session
+    graph = tf.Graph()  # the original re-imported the graph on every call
+    with graph.as_default(), graph.gradient_override_map({"Relu": "OriginalGuidedRelu"}):
+        tf.import_graph_def(model.graph_def, name="")
+    session = tf.compat.v1.Session(graph=graph)
     x = graph.get_tensor_by_name(input_name)
     writer = SummaryWriter.for_logdir(logdir)
     for layer in layers:
@@ -70,7 +79,7 @@ def original_reference(model, feed_value, input_name, layers, outdir, logdir, me
             writer.add_images({f"{layer.name}/deconv/{channel}": (png, *picture.shape)}, step=0)
         folder = os.path.join(outdir, layer.name.replace("/", "_"))
         write_atomic(os.path.join(folder, "grid_image.png"), encode_png(convert_into_grid(np.stack(pictures))))
-    rebuilt.close()
+    session.close()
 
 
 def floor(rebuilt, input_name, layers, feed_value, repeat=1, limit=None):

@@ -5,6 +5,7 @@ variants, very long ones) and arrays of any shape and dtype, NaN and
 infinities included; each test states what must hold for every one of them.
 """
 
+import io
 import os
 
 import numpy as np
@@ -12,9 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from PIL import Image
 
-from tf_cnnvis.utils import convert_into_grid, image_normalization, normalize_each
-from tf_cnnvis.write import inside, safe_names
+from tf_cnnvis.utils import (_normalize_rows, _normalize_rows_general, convert_into_grid,
+                             image_normalization, normalize_each)
+from tf_cnnvis.write import encode_png, inside, safe_names
 
 SAFE_CHARACTERS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 PROPERTY_SETTINGS = settings(max_examples=150, deadline=None,
@@ -103,6 +106,26 @@ def test_normalize_each_equals_image_normalization_per_item(batch):
         finite = np.isfinite(item.astype(np.float64))
         if finite.any() and item[finite].max() > item[finite].min():
             assert normalized[finite].min() == 0 and normalized[finite].max() == 255
+
+
+@PROPERTY_SETTINGS
+@given(batch=hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=3, max_side=8),
+                        elements=st.floats(-2.0**100, 2.0**100, width=32)))
+def test_float32_scaling_is_within_one_level_of_float64(batch):
+    """Finite float32 rows are scaled in float32: at most one grey level off the float64 result."""
+    rows = batch.reshape(batch.shape[0], -1)
+    fast = _normalize_rows(rows, 255.0).astype(int)
+    exact = _normalize_rows_general(rows, 255.0).astype(int)
+    assert np.abs(fast - exact).max() <= 1
+
+
+@PROPERTY_SETTINGS
+@given(picture=hnp.arrays(np.uint8, st.one_of(
+    hnp.array_shapes(min_dims=2, max_dims=2, max_side=40),
+    st.tuples(st.integers(1, 40), st.integers(1, 40), st.sampled_from([1, 3, 4])))))
+def test_png_encoding_decodes_to_the_same_pixels(picture):
+    decoded = np.asarray(Image.open(io.BytesIO(encode_png(picture))))
+    np.testing.assert_array_equal(decoded, picture.reshape(decoded.shape))
 
 
 @PROPERTY_SETTINGS

@@ -150,6 +150,72 @@ def test_max_pool_routes_to_the_switch():
         np.testing.assert_array_equal(result, [[0, 1, 0, 0], [0, 0, 1, 0]])
 
 
+@pytest.mark.parametrize("static", [False, True], ids=["open-size", "fixed-size"])
+@pytest.mark.parametrize("size", [(9, 7), (8, 8)])
+@pytest.mark.parametrize("window, stride, padding", [
+    (2, 2, "SAME"), (2, 2, "VALID"), (3, 3, "SAME"), (3, 3, "VALID"), (3, 2, "SAME")])
+def test_pool_and_relu_rules_equal_tensorflows_gradients(window, stride, padding, size, static):
+    """The broadcast max-pool and ReLU rules give TensorFlow's own gradients, bit for bit.
+
+    Integer pixels and a ReLU make ties (whole windows of zeros) common, so
+    the test also checks that ties go to the input TensorFlow picks; a
+    different weight for every window makes sending a gradient to the wrong
+    window visible.
+    """
+    rng = np.random.default_rng(3)
+
+    def build(x):
+        if static:
+            x = tf.ensure_shape(x, (None, *size, 3))
+        pooled = tf.nn.max_pool2d(tf.nn.relu(x), window, stride, padding)
+        rows, columns = tf.shape(pooled)[1], tf.shape(pooled)[2]
+        weight = (tf.cast(tf.range(rows), tf.float32)[:, None] * 100
+                  + tf.cast(tf.range(columns), tf.float32)[None, :] + 1)
+        tf.multiply(pooled, weight[None, :, :, None], name="top")
+
+    x = rng.integers(-2, 3, size=(2, *size, 3)).astype(np.float32)
+    ours = reconstructions(graph_of(build)(channels=3), x, "top", "gradient")
+    plain = graph_of(build)(channels=3)
+    with plain.as_default():
+        top = plain.get_tensor_by_name("top:0")
+        grads = [tf.gradients(tf.reduce_sum(top[..., c]), plain.get_tensor_by_name("x:0"))[0]
+                 for c in range(3)]
+        with tf.compat.v1.Session(graph=plain) as session:
+            expected = [session.run(grads, {"x:0": x[i:i + 1]}) for i in range(len(x))]
+    assert (np.asarray(expected) != 0).any()
+    for i in range(len(x)):
+        for c in range(3):
+            np.testing.assert_array_equal(ours[i, c], expected[i][c][0])
+
+
+@pytest.mark.parametrize("kernel, strides, padding, dilations", [
+    ((3, 3), 1, "SAME", 1), ((2, 4), 1, "SAME", 1), ((3, 2), 1, "VALID", 1),
+    ((3, 3), 1, [[0, 0], [2, 0], [1, 1], [0, 0]], 1), ((3, 3), 1, [[0, 0], [3, 1], [0, 0], [0, 0]], 1),
+    ((3, 3), 2, "SAME", 1), ((3, 3), 1, "SAME", 2)])
+def test_convolution_rule_equals_tensorflows_gradient(kernel, strides, padding, dilations):
+    """Stride-1 convolutions go backward as a convolution with the flipped kernel; others keep TF's op."""
+    rng = np.random.default_rng(4)
+    weights = rng.normal(size=(*kernel, 4, 6)).astype(np.float32)
+
+    def build(x):
+        if dilations > 1:  # on a CPU: space-to-batch around a plain Conv2D
+            tf.nn.convolution(x, weights, strides, padding, dilations=dilations, name="top")
+        else:
+            tf.nn.conv2d(x, weights, strides, padding, name="top")
+
+    x = rng.normal(size=(2, 11, 10, 4)).astype(np.float32)
+    ours = reconstructions(graph_of(build)(channels=4), x, "top", "gradient")
+    plain = graph_of(build)(channels=4)
+    with plain.as_default():
+        top = plain.get_tensor_by_name("top:0")
+        grads = [tf.gradients(tf.reduce_sum(top[..., c]), plain.get_tensor_by_name("x:0"))[0] for c in range(6)]
+        with tf.compat.v1.Session(graph=plain) as session:
+            expected = session.run(grads, {"x:0": x})
+    for c in range(6):
+        assert np.abs(expected[c]).max() > 0
+        np.testing.assert_allclose(ours[:, c], expected[c], rtol=1e-5, atol=1e-5 * np.abs(expected[c]).max())
+
+
 def _reference_reconstruction(model, x, layer_name, channel, rule):
     """The same reconstruction computed eagerly with tf.custom_gradient ReLUs."""
     import keras

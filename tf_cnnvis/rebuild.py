@@ -9,7 +9,13 @@ method         ReLU backward (g upstream)      source
 =============  ==============================  ==============================
 
 Max-pool backward (routing to the recorded switch) and the transposed
-convolutions are the same in all three; they are TensorFlow's own gradients.
+convolutions are the same in all three. The transposed convolutions are
+TensorFlow's own gradients. The rectifier and max-pool rules are written so
+that everything taken from the forward pass (where ``x > 0``, which input won
+each pooling window) is computed once and only broadcast against the
+gradient: vectorized over a chunk of channels, TensorFlow's own ``ReluGrad``
+and ``MaxPoolGrad`` would copy their forward inputs once per channel and
+rescan every window. The results are bit-identical to TensorFlow's gradients.
 The rules are attached to each node of the ``GraphDef`` before it is
 imported (the ``_gradient_op_type`` attribute that ``gradient_override_map``
 also sets), so they reach every op of the graph, ops inside Keras models
@@ -25,6 +31,7 @@ importing a new graph, building new targets and warming up a new session.
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import logging
 import threading
@@ -50,6 +57,42 @@ def _positive(grad):
     return tf.cast(grad > 0, grad.dtype)
 
 
+def _where(mask, grad):
+    """``grad`` where ``mask`` (computed from the forward pass), else 0."""
+    return tf.where(mask, grad, tf.zeros([], grad.dtype))
+
+
+# What a rule takes from the forward pass (a ReLU's "y > 0", a max-pool's
+# switches) does not depend on the item being reconstructed. Built once per
+# graph, before any vectorized backward pass, it is shared by every layer's
+# target and stays outside the vectorized loop, which then only converts the
+# few ops that carry the gradient.
+_PARTS_COLLECTION = "tf_cnnvis_forward_parts"  # the graph keeps its own parts
+
+
+def _output_positive(op):
+    return op.outputs[0] > 0
+
+
+def _forward_part(op, part):
+    """``part(op)``: the one prepared for ``op``'s graph if any, else built here."""
+    prepared = op.graph.get_collection(_PARTS_COLLECTION)
+    if prepared and op.name in prepared[0]:
+        return prepared[0][op.name]
+    return part(op)
+
+
+def prepare_forward_parts(graph: tf.Graph):
+    """Build the forward parts of every ReLU and max-pool of ``graph`` (call once)."""
+    parts = {}
+    with graph.as_default(), tf.name_scope("tf_cnnvis_forward"):
+        for op in graph.get_operations():
+            part = _FORWARD_PARTS.get(op.type)
+            if part is not None:
+                parts[op.name] = part(op)
+    graph.add_to_collection(_PARTS_COLLECTION, parts)
+
+
 # Each rule: (op, upstream grad) -> grad w.r.t. the op's first input.
 def _deconvnet_rectifier(op, grad):
     return tf.nn.relu(grad)
@@ -59,9 +102,13 @@ def _deconvnet_leaky(op, grad):
     return tf.nn.leaky_relu(grad, alpha=op.get_attr("alpha"))
 
 
+def _gradient_relu(op, grad):
+    # TensorFlow's ReluGrad, g * [y > 0], with the mask shared by every item.
+    return _where(_forward_part(op, _output_positive), grad)
+
+
 def _guided_relu(op, grad):
-    # ReluGrad(g', y) = g' * [y > 0]: one fused kernel instead of five elementwise ops.
-    return tf.raw_ops.ReluGrad(gradients=tf.nn.relu(grad), features=op.outputs[0])
+    return _where(_forward_part(op, _output_positive), tf.nn.relu(grad))
 
 
 def _guided_relu6(op, grad):
@@ -90,22 +137,162 @@ def _guided_selu(op, grad):
 def _guided_negative_branch(op, grad):
     # PReLU = relu(x) - alpha * relu(-x). Upstream of relu(-x) the gradient
     # is -alpha * g, so "g > 0" reads "grad < 0" here (alpha >= 0).
-    return grad * tf.cast(grad < 0, grad.dtype) * tf.cast(op.outputs[0] > 0, grad.dtype)
+    return _where(_forward_part(op, _output_positive), tf.minimum(grad, 0))
 
 
 def _lrn_identity(op, grad):
     return grad
 
 
+class _Switches:
+    """A max-pool's winners, laid out so that a select spreads the gradient.
+
+    For windows that tile the input (``ksize == strides``, NHWC) the winners
+    are found by TensorFlow's own ``MaxPoolGrad`` on a gradient of ones (so
+    ties go where TensorFlow sends them) and reshaped to
+    ``(N, rows, window height, columns, window width, C)``. The windows
+    cover more than the input for SAME padding (TensorFlow pads half the
+    excess before the input and the rest after it) and may fall short of it
+    for VALID (the rest gets no gradient).
+    """
+
+    def __init__(self, op):
+        x, y = op.inputs[0], op.outputs[0]
+        ksize, padding = op.get_attr("ksize"), op.get_attr("padding")
+        winners = tf.raw_ops.MaxPoolGrad(orig_input=x, orig_output=y, grad=tf.ones_like(y), ksize=ksize,
+                                         strides=op.get_attr("strides"), padding=padding) > 0
+        window = np.array(ksize[1:3], np.int32)
+        if x.shape[1:3].is_fully_defined() and y.shape[1:3].is_fully_defined():
+            size, pooled = (np.array(t.shape[1:3].as_list(), np.int32) for t in (x, y))
+        else:
+            size, pooled = tf.shape(x)[1:3], tf.shape(y)[1:3]
+        covered, channels = pooled * window, tf.shape(y)[3]
+        self.same = padding == b"SAME"
+        if self.same:
+            before = (covered - size) // 2
+            winners = _pad_hw(winners, before, covered - size - before)
+            self.finish = functools.partial(_slice_hw, begin=before, size=size)
+        else:
+            winners = _slice_hw(winners, 0 * size, covered)
+            self.finish = functools.partial(_pad_hw, before=0 * size, after=size - covered)
+        self.cells = tf.stack([-1, pooled[0], 1, pooled[1], 1, channels])
+        self.winners = tf.reshape(winners, tf.stack([-1, pooled[0], window[0], pooled[1], window[1],
+                                                     channels]))
+        self.covered = tf.stack([-1, covered[0], covered[1], channels])
+
+    @staticmethod
+    def applies(op) -> bool:
+        ksize, strides = op.get_attr("ksize"), op.get_attr("strides")
+        return (list(ksize) == list(strides) and ksize[0] == 1 and ksize[3] == 1
+                and op.get_attr("data_format") == b"NHWC" and op.get_attr("padding") in (b"SAME", b"VALID"))
+
+    def spread(self, grad):
+        """Each window's gradient at its winner, zero elsewhere: the input's gradient."""
+        cells = _where(self.winners, tf.reshape(grad, self.cells))
+        return self.finish(tf.reshape(cells, self.covered))
+
+
+def _pool_switches(op):
+    return _Switches(op) if _Switches.applies(op) else None
+
+
+def _switch_unpool(op, grad):
+    """Max-pool backward: each window's gradient goes to the input that won it.
+
+    Where the windows tile the input this is one broadcast select per item
+    (see ``_Switches``) instead of a rescan of every window; overlapping
+    windows keep TensorFlow's ``MaxPoolGrad``.
+    """
+    switches = _forward_part(op, _pool_switches)
+    if switches is not None:
+        return switches.spread(grad)
+    return tf.raw_ops.MaxPoolGrad(orig_input=op.inputs[0], orig_output=op.outputs[0], grad=grad,
+                                  ksize=op.get_attr("ksize"), strides=op.get_attr("strides"),
+                                  padding=op.get_attr("padding"), data_format=op.get_attr("data_format"))
+
+
+def _pad_hw(tensor, before, after):
+    """Pad height and width of an NHWC tensor with zeros (False)."""
+    if isinstance(before, np.ndarray) and not before.any() and not after.any():
+        return tensor
+    zero = tf.zeros([2], tf.int32)
+    paddings = tf.stack([zero, tf.stack([before[0], after[0]]), tf.stack([before[1], after[1]]), zero])
+    return tf.pad(tensor, paddings)
+
+
+def _slice_hw(tensor, begin, size):
+    """``tensor[:, begin:begin + size]`` over height and width of an NHWC tensor."""
+    if isinstance(begin, np.ndarray) and not begin.any() and tensor.shape[1:3].as_list() == list(size):
+        return tensor
+    return tf.slice(tensor, tf.concat([[0], begin, [0]], 0), tf.concat([[-1], size, [-1]], 0))
+
+
+def _flipped_kernel(op):
+    """A Conv2D's kernel turned around: ``(kh, kw, out, in)``, each window reversed."""
+    return tf.transpose(tf.reverse(op.inputs[1], [0, 1]), [0, 1, 3, 2])
+
+
+def _transposed_padding(op):
+    """Padding that makes a stride-1 Conv2D's input gradient a plain convolution, or None.
+
+    The gradient of a stride-1 convolution with respect to its input is the
+    convolution of the upstream gradient with the flipped kernel, padded by
+    ``k - 1 - p`` where the forward pass padded by ``p``. TensorFlow's CPU
+    kernels run it as a forward convolution up to 2.7x faster than its
+    ``Conv2DBackpropInput``. Grouped, strided and dilated convolutions and
+    other layouts keep ``Conv2DBackpropInput`` (None).
+    """
+    kernel, x = op.inputs[1].shape, op.inputs[0].shape
+    if (op.get_attr("data_format") != b"NHWC" or list(op.get_attr("strides")) != [1, 1, 1, 1]
+            or list(op.get_attr("dilations")) != [1, 1, 1, 1] or not kernel[:2].is_fully_defined()
+            or x[-1] is None or kernel[2] is None or x[-1] != kernel[2]):
+        return None
+    padding = op.get_attr("padding")
+    pads = []
+    for axis, size in enumerate(kernel[:2]):
+        if padding == b"SAME":
+            before = (size - 1) // 2
+            after = size - 1 - before
+        elif padding == b"VALID":
+            before = after = 0
+        else:  # EXPLICIT: (before, after) per dimension of NHWC
+            before, after = op.get_attr("explicit_paddings")[2 + 2 * axis:4 + 2 * axis]
+        if before > size - 1 or after > size - 1:
+            return None
+        pads.append([size - 1 - before, size - 1 - after])
+    return [[0, 0], *pads, [0, 0]]
+
+
+def _conv_input_gradient(op, grad):
+    """Conv2D backward to the image. Rebuilt graphs give weights no gradient."""
+    padding = _transposed_padding(op)
+    if padding is None:
+        data = tf.raw_ops.Conv2DBackpropInput(
+            input_sizes=tf.shape(op.inputs[0]), filter=op.inputs[1], out_backprop=grad,
+            strides=op.get_attr("strides"), padding=op.get_attr("padding"),
+            explicit_paddings=op.get_attr("explicit_paddings"), data_format=op.get_attr("data_format"),
+            dilations=op.get_attr("dilations"))
+    else:
+        same = [[0, 0]] + [[(k - 1) // 2, k - 1 - (k - 1) // 2] for k in op.inputs[1].shape[:2]] + [[0, 0]]
+        data = tf.nn.conv2d(grad, _forward_part(op, _flipped_kernel), 1,
+                            "SAME" if padding == same else padding)
+    return data, None
+
+
+_FORWARD_PARTS = {"Relu": _output_positive, "MaxPool": _pool_switches, "Conv2D": _flipped_kernel}
+
+
 _RULES = {
     "deconvnet": {"Relu": _deconvnet_rectifier, "Relu6": _deconvnet_rectifier,
                   "Elu": _deconvnet_rectifier, "Selu": _deconvnet_rectifier,
                   "LeakyRelu": _deconvnet_leaky, "LRN": _lrn_identity,
-                  "PReLUNegative": _deconvnet_rectifier},
+                  "PReLUNegative": _deconvnet_rectifier, "MaxPool": _switch_unpool,
+                  "Conv2D": _conv_input_gradient},
     "guided": {"Relu": _guided_relu, "Relu6": _guided_relu6, "Elu": _guided_elu,
                "Selu": _guided_selu, "LeakyRelu": _guided_leaky, "LRN": _lrn_identity,
-               "PReLUNegative": _guided_negative_branch},
-    "gradient": {},
+               "PReLUNegative": _guided_negative_branch, "MaxPool": _switch_unpool,
+               "Conv2D": _conv_input_gradient},
+    "gradient": {"Relu": _gradient_relu, "MaxPool": _switch_unpool, "Conv2D": _conv_input_gradient},
 }
 
 
@@ -289,17 +476,21 @@ class RebuiltGraph:
             return self._built[key]
 
     def _build_target(self, layer_tensor: str, input_tensor: str, kind: str):
+        self.cached(("forward parts",), lambda: prepare_forward_parts(self.graph))
         act = self.tensor(layer_tensor)
         image = self.tensor(input_tensor)
         rank = act.shape.rank
-        with tf.name_scope("tf_cnnvis_target"):
-            if tf.gradients(tf.reduce_sum(act), image)[0] is None:
+        def gradient(objective, **options):
+            result = tf.gradients(objective, image, **options)[0]
+            if result is None:
                 raise OptionError(f"layer {layer_tensor!r} does not depend on input {input_tensor!r}")
+            return result
+
+        with tf.name_scope("tf_cnnvis_target"):
             if kind == "batched_units":
                 index = tf.compat.v1.placeholder(tf.int32, [None, rank - 1], name="unit")
                 rows = tf.range(tf.shape(index)[0])[:, None]
-                objective = tf.reduce_sum(tf.gather_nd(act, tf.concat([rows, index], axis=1)))
-                return index, tf.gradients(objective, image)[0]
+                return index, gradient(tf.reduce_sum(tf.gather_nd(act, tf.concat([rows, index], axis=1))))
             if kind == "map":
                 index = tf.compat.v1.placeholder(tf.int32, [None], name="channel")
             else:
@@ -320,7 +511,7 @@ class RebuiltGraph:
                         hot = tf.one_hot(item[axis], dims[axis], dtype=act.dtype)
                         upstream = upstream[..., None] * hot
                     upstream = upstream * tf.ones_like(act)
-                return tf.gradients(act, image, grad_ys=upstream)[0][0]
+                return gradient(act, grad_ys=upstream)[0]
 
             return index, tf.vectorized_map(one_item, index)
 

@@ -51,7 +51,34 @@ def normalize_each(images, ubound=255.0):
 
 
 def _normalize_rows(rows, ubound):
-    """Each row of a 2-D array min-max scaled on its own to uint8 ``[0, ubound]``."""
+    """Each row of a 2-D array min-max scaled on its own to uint8 ``[0, ubound]``.
+
+    Rows of finite float32 values (every reconstruction) are scaled in
+    float32, in place; the rest (NaN, infinities, spans beyond float32,
+    other dtypes) take the float64 path that handles them.
+    """
+    if rows.dtype != np.float32 or not 0 < ubound <= 255:
+        return _normalize_rows_general(rows, ubound)
+    low, high = rows.min(axis=1, keepdims=True), rows.max(axis=1, keepdims=True)
+    with np.errstate(over="ignore", invalid="ignore"):
+        span = high - low
+    plain = np.isfinite(span[:, 0])  # False for NaN, infinities and overflowing spans
+    if not plain.all():
+        result = np.empty(rows.shape, np.uint8)
+        if plain.any():
+            result[plain] = _normalize_rows(rows[plain], ubound)
+        result[~plain] = _normalize_rows_general(rows[~plain], ubound)
+        return result
+    scaled = np.subtract(rows, low)
+    # (x - low) / span is exactly 1 at the maximum, so it maps to ubound itself.
+    scaled /= np.where(span > 0, span, np.float32(1))
+    scaled *= np.float32(ubound)
+    scaled[(span <= 0)[:, 0]] = 0
+    np.clip(scaled, 0, min(ubound, 255), out=scaled)
+    return scaled.astype(np.uint8)
+
+
+def _normalize_rows_general(rows, ubound):
     rows = rows.astype(np.float64)
     finite = np.isfinite(rows)
     low = np.where(finite, rows, np.inf).min(axis=1, keepdims=True)

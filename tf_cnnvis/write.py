@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import atexit
 import hashlib
-import io
 import itertools
 import os
 import re
+import struct
 import tempfile
 import threading
 import time
+import zlib
 
 import numpy as np
-from PIL import Image
 
 from tf_cnnvis.errors import OutputError
 
@@ -72,16 +72,35 @@ def safe_names(names) -> dict[str, str]:
     return {name: result[name] for name in plain}
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_COLOR_TYPES = {1: 0, 3: 2, 4: 6}  # channels -> grey, RGB, RGBA
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
 def encode_png(image: np.ndarray) -> bytes:
-    """PNG bytes of a uint8 (H, W), (H, W, 1) or (H, W, 3) array."""
+    """PNG bytes of a uint8 (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array.
+
+    Every row is stored with PNG's "Up" filter (its difference to the row
+    above) and compressed by zlib at level 1: grids of feature maps and
+    reconstructions encode 2-6x faster than with Pillow's per-row filter
+    search, at about the same size.
+    """
     image = np.asarray(image, np.uint8)
-    if image.ndim == 3 and image.shape[-1] == 1:
-        image = image[..., 0]
-    buffer = io.BytesIO()
-    # Level 1: grids of thousands of cells encode several times faster than
-    # at the default level, for files about 10% larger.
-    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
+    channels = image.shape[-1] if image.ndim == 3 else 1
+    if image.ndim not in (2, 3) or channels not in _PNG_COLOR_TYPES or 0 in image.shape:
+        raise ValueError(f"encode_png takes a non-empty (H, W) or (H, W, 1|3|4) array; got shape {image.shape}")
+    height, width = image.shape[:2]
+    rows = image.reshape(height, width * channels)
+    filtered = np.empty((height, rows.shape[1] + 1), np.uint8)
+    filtered[:, 0] = 2  # the "Up" filter
+    filtered[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # uint8 wraps modulo 256, as PNG wants
+    header = struct.pack(">IIBBBBB", width, height, 8, _PNG_COLOR_TYPES[channels], 0, 0, 0)
+    return b"".join([_PNG_SIGNATURE, _png_chunk(b"IHDR", header),
+                     _png_chunk(b"IDAT", zlib.compress(filtered, 1)), _png_chunk(b"IEND", b"")])
 
 
 def ensure_folder(path: str, what: str) -> str:
