@@ -1,23 +1,23 @@
-"""Peak memory of a 4096-channel layer at 224 px under different ``memory_budget_mb``.
+"""Peak memory of a 4096-channel layer at 224 px: held arrays against streamed pictures.
 
 The net: conv3x3 16 -> pool -> conv3x3 32 -> pool -> conv3x3 64 -> pool ->
 conv1x1 4096 (+ ReLU) at 28x28, one 224x224 image, whole-map deconvnet
-reconstructions of all 4096 channels. Each budget runs in a fresh process
-(peak RSS is per process), which reports:
+reconstructions of all 4096 channels. Two modes, each budget in a fresh
+process (peak RSS is per process):
 
-  base     resident memory after TensorFlow, the model and the graph are
-           loaded, before the call;
-  peak     peak resident memory of the whole process;
-  chunk    the number of reconstructions per backward pass the budget chose;
-  result   the size of the returned ``(N, C, 224, 224, 3)`` float32 array,
-           which the call must hold whatever the budget.
+  arrays    ``keep_arrays=True`` (the default), nothing written: the call
+            returns the ``(N, C, 224, 224, 3)`` float32 array (2.3 GB);
+  streamed  ``keep_arrays=False``, the 4096-cell grid PNG and its
+            TensorBoard summary written: each chunk is rendered as it is
+            computed and nothing else is kept.
 
-``peak - base - result`` is what the budget actually bounds (the working
-memory of the backward passes plus rendering); the ratio column compares
-it with the budget. ``--write`` also renders the 4096-cell grid to disk.
+Columns: base (resident memory after TensorFlow, the model and the graph
+are loaded, before the call), peak (of the whole process), chunk (the
+reconstructions per backward pass the budget chose), result (the returned
+array), and work = peak - base - result, what the budget bounds.
 
-Run:  python benchmarks/bench_memory.py                   (budgets 256, 1024, 4096 MB)
-      python benchmarks/bench_memory.py --budgets 512 --channels 4096 --write
+Run:  python benchmarks/bench_memory.py                       (budgets 256 and 1024 MB, both modes)
+      python benchmarks/bench_memory.py --budgets 512 --modes streamed
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def wide_graph(channels: int, seed: int = 0):
     return graph
 
 
-def measure(budget: float, channels: int, write: bool) -> dict:
+def measure(budget: float, channels: int, mode: str) -> dict:
     """One budget, in this process (run it in a fresh one)."""
     import time
 
@@ -77,15 +77,18 @@ def measure(budget: float, channels: int, write: bool) -> dict:
 
     compute.chunk_size = recording_chunk_size
     base = _current_rss_gb()
+    streamed = mode == "streamed"
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
         result = tf_cnnvis.deconv_visualization(
-            graph, feed, layers=["wide"], memory_budget_mb=budget, path_logdir=None,
-            path_outdir=os.path.join(folder, "out") if write else None)
+            graph, feed, layers=["wide"], memory_budget_mb=budget, keep_arrays=not streamed,
+            path_logdir=os.path.join(folder, "log") if streamed else None,
+            path_outdir=os.path.join(folder, "out") if streamed else None)
         seconds = time.perf_counter() - start
-    array = result.arrays["wide"]["deconvnet"]
-    return {"budget_mb": budget, "chunk": chosen[0], "base_gb": base, "peak_gb": peak_rss_gb(),
-            "result_gb": array.nbytes / 2**30, "seconds": seconds, "shape": list(array.shape)}
+        grid_mb = os.path.getsize(result.paths[0]) / 2**20 if streamed else 0.0
+    held = 0.0 if streamed else result.arrays["wide"]["deconvnet"].nbytes / 2**30
+    return {"mode": mode, "budget_mb": budget, "chunk": chosen[0], "base_gb": base, "peak_gb": peak_rss_gb(),
+            "result_gb": held, "seconds": seconds, "grid_mb": grid_mb}
 
 
 def _current_rss_gb() -> float:
@@ -96,32 +99,31 @@ def _current_rss_gb() -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--budgets", type=float, nargs="+", default=[256, 1024, 4096])
+    parser.add_argument("--budgets", type=float, nargs="+", default=[256, 1024])
     parser.add_argument("--channels", type=int, default=4096)
-    parser.add_argument("--write", action="store_true", help="also write the grid PNG")
-    parser.add_argument("--one", type=float, help=argparse.SUPPRESS)  # child process mode
+    parser.add_argument("--modes", nargs="+", choices=["arrays", "streamed"], default=["arrays", "streamed"])
+    parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)  # child process mode: MODE BUDGET
     args = parser.parse_args()
     if args.one is not None:
-        print(json.dumps(measure(args.one, args.channels, args.write)))
+        print(json.dumps(measure(float(args.one[1]), args.channels, args.one[0])))
         return
     rows = []
-    for budget in args.budgets:
-        command = [sys.executable, __file__, "--one", str(budget), "--channels", str(args.channels)]
-        command += ["--write"] if args.write else []
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            print(f"budget {budget:g} MB failed:\n{done.stderr[-3000:]}")
-            continue
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    print(f"{args.channels}-channel layer at {SIZE} px, deconvnet whole maps, 1 image"
-          f"{', grid PNG written' if args.write else ''}")
-    print(f"{'budget MB':>9} | {'chunk':>5} | {'base GB':>7} | {'peak GB':>7} | {'result GB':>9} | "
-          f"{'work GB':>7} | {'work/budget':>11} | {'seconds':>7}")
+    for mode in args.modes:
+        for budget in args.budgets:
+            command = [sys.executable, __file__, "--one", mode, str(budget), "--channels", str(args.channels)]
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                print(f"{mode}, budget {budget:g} MB failed:\n{done.stderr[-3000:]}")
+                continue
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    print(f"{args.channels}-channel layer at {SIZE} px, deconvnet whole maps, 1 image")
+    print(f"{'mode':>8} | {'budget MB':>9} | {'chunk':>5} | {'base GB':>7} | {'peak GB':>7} | {'result GB':>9} | "
+          f"{'work GB':>7} | {'work/budget':>11} | {'grid PNG MB':>11} | {'seconds':>7}")
     for row in rows:
         work = row["peak_gb"] - row["base_gb"] - row["result_gb"]
-        print(f"{row['budget_mb']:>9g} | {row['chunk']:>5} | {row['base_gb']:>7.2f} | {row['peak_gb']:>7.2f} | "
-              f"{row['result_gb']:>9.2f} | {work:>7.2f} | {work * 1024 / row['budget_mb']:>11.2f} | "
-              f"{row['seconds']:>7.1f}")
+        print(f"{row['mode']:>8} | {row['budget_mb']:>9g} | {row['chunk']:>5} | {row['base_gb']:>7.2f} | "
+              f"{row['peak_gb']:>7.2f} | {row['result_gb']:>9.2f} | {work:>7.2f} | "
+              f"{work * 1024 / row['budget_mb']:>11.2f} | {row['grid_mb']:>11.1f} | {row['seconds']:>7.1f}")
 
 
 if __name__ == "__main__":

@@ -344,6 +344,8 @@ def test_zero_batch_size_for_top_activations(keras_model):
     ({"target": "pixel"}, ("'pixel'", "'map'", "'unit'")),
     ({"step": "3"}, ("step='3'", "integer")),
     ({"step": 1.5}, ("step=1.5", "integer")),
+    ({"keep_arrays": "no"}, ("keep_arrays='no'", "True or False")),
+    ({"keep_arrays": False}, ("keep_arrays=False", "discard", "give a folder")),
 ])
 def test_bad_deconv_option(keras_model, option, needles):
     with raises(OptionError, *needles):

@@ -86,6 +86,42 @@ def test_several_images_get_an_index_and_steps_make_a_slider(tmp_path, images):
     assert [event.step for event in tags["conv2/deconvolution/deconvnet_unit/image_001"]] == [0, 5]
 
 
+@pytest.mark.parametrize("target", ["map", "unit"])
+def test_streamed_pictures_are_the_arrays_rendered_and_need_no_arrays(tmp_path, images, target):
+    """Grids and channel PNGs are built chunk by chunk; keep_arrays=False writes the same files."""
+    model = small_keras_model()
+    options = dict(layers=["conv2"], target=target, method="guided", save_channels=True, memory_budget_mb=0.01)
+    kept = tf_cnnvis.deconv_visualization(model, images, path_outdir=str(tmp_path / "kept"), path_logdir=None,
+                                          **options)
+    arrays = kept.arrays["conv2"]["guided"]
+    folder = "guided" if target == "map" else "guided_unit"
+    for index in range(len(images)):
+        grid = read_png(tmp_path / "kept" / "conv2" / "deconvolution" / folder / f"image_{index:03d}"
+                        / "grid_image.png")
+        expected = convert_into_grid(np.stack([image_normalization(a) for a in arrays[index]]))
+        np.testing.assert_array_equal(grid, expected)
+    streamed = tf_cnnvis.deconv_visualization(model, images, path_outdir=str(tmp_path / "streamed"),
+                                              path_logdir=str(tmp_path / "log"), keep_arrays=False, **options)
+    assert streamed.arrays == {"conv2": {}}
+    assert len(streamed.paths) == len(kept.paths) == len(images) * (1 + arrays.shape[1])
+    for old, new in zip(kept.paths, streamed.paths):
+        assert os.path.relpath(old, tmp_path / "kept") == os.path.relpath(new, tmp_path / "streamed")
+        assert open(old, "rb").read() == open(new, "rb").read()
+
+
+def test_layers_stay_the_models_own_after_reconstructions(images):
+    """Backward passes built on an imported graph add convolutions and ReLUs that are not layers."""
+    model = small_keras_model()
+    before = [(info.name, info.kind) for info in tf_cnnvis.list_layers(model)]
+    for method in ("deconvnet", "guided", "gradient"):
+        tf_cnnvis.deconv_visualization(model, images[:1], layers="rpc", method=method, channels=[0],
+                                       path_outdir=None, path_logdir=None)
+        assert [(info.name, info.kind) for info in tf_cnnvis.list_layers(model)] == before
+        result = tf_cnnvis.activation_visualization(model, images[:1], layers="rpc", path_outdir=None,
+                                                    path_logdir=None)
+        assert list(result.arrays) == [name for name, _ in before]
+
+
 def test_hostile_layer_names_stay_inside_and_do_not_collide():
     names = ["conv/Relu", "conv_Relu", "../../etc/passwd", "/abs/path", "a\x00b", "CONV_relu",
              "conv_relu", "x" * 500, "..", ".", ""]

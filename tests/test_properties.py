@@ -17,7 +17,7 @@ from PIL import Image
 
 from tf_cnnvis.utils import (_normalize_rows, _normalize_rows_general, convert_into_grid,
                              image_normalization, normalize_each)
-from tf_cnnvis.write import encode_png, inside, safe_names
+from tf_cnnvis.write import GridPng, encode_png, inside, safe_names
 
 SAFE_CHARACTERS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 PROPERTY_SETTINGS = settings(max_examples=150, deadline=None,
@@ -126,6 +126,19 @@ def test_float32_scaling_is_within_one_level_of_float64(batch):
 def test_png_encoding_decodes_to_the_same_pixels(picture):
     decoded = np.asarray(Image.open(io.BytesIO(encode_png(picture))))
     np.testing.assert_array_equal(decoded, picture.reshape(decoded.shape))
+
+
+@PROPERTY_SETTINGS
+@given(cells=hnp.arrays(np.uint8, st.tuples(st.integers(0, 30), st.integers(1, 6), st.integers(1, 6),
+                                            st.sampled_from([1, 3]))),
+       padding=st.integers(0, 3), splits=st.lists(st.integers(0, 30), max_size=4))
+def test_grid_png_streamed_in_chunks_equals_the_whole_grid(cells, padding, splits):
+    grid = GridPng(len(cells), cells.shape[1:], padding=padding)
+    for chunk in np.split(cells, sorted(min(s, len(cells)) for s in splits)):
+        grid.add(chunk)
+    decoded = np.asarray(Image.open(io.BytesIO(grid.finish())))
+    expected = convert_into_grid(cells, padding=padding)
+    np.testing.assert_array_equal(decoded, expected.reshape(decoded.shape))
 
 
 @PROPERTY_SETTINGS

@@ -131,13 +131,19 @@ def strongest_units(values: np.ndarray) -> np.ndarray:
 def reconstruct(rebuilt: RebuiltGraph, feed: Feed, layer: LayerInfo, target: str = "map",
                 channels=None, layer_values: np.ndarray | None = None,
                 memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB, crop: bool = True,
-                progress=None) -> np.ndarray:
+                progress=None, sink=None) -> np.ndarray | None:
     """Reconstructions of ``layer`` for every image and channel.
 
     Returns an array of shape ``(N, len(channels), *image.shape)``. For
     ``target='unit'`` the layer's values on the images (``layer_values``)
     give the strongest unit of each channel. ``crop=False`` computes single
     units on whole images (slower, same result; kept for checks).
+
+    With ``sink``, nothing is kept: ``sink(image, first, values)`` receives
+    each chunk as it is computed, in order (``values`` holds the
+    reconstructions of channels ``first, first + 1, ...`` of that image),
+    and the call returns None. Memory then stays within the budget whatever
+    the number of channels.
     """
     if target not in TARGETS:
         raise OptionError(f"target {target!r} is not one of {', '.join(map(repr, TARGETS))}")
@@ -147,13 +153,19 @@ def reconstruct(rebuilt: RebuiltGraph, feed: Feed, layer: LayerInfo, target: str
     channels = np.arange(layer.channels) if channels is None else np.asarray(channels)
     images = feed.images
     n_images = images.shape[0]
-    result = np.zeros((n_images, len(channels)) + images.shape[1:], np.float32)
+    result = None
+    if sink is None:
+        result = np.zeros((n_images, len(channels)) + images.shape[1:], np.float32)
+
+        def sink(n, first, values):
+            result[n, first:first + len(values)] = values
+
     use_units = target == "unit" and len(layer.shape) == 4
     if use_units:
         yx = strongest_units(layer_values)[:, channels]  # (N, K, 2)
         plan = _crop_plan(rebuilt, feed, layer) if crop else None
         if plan is not None:
-            _reconstruct_crops(rebuilt, feed, layer, plan, channels, yx, result, memory_budget_mb, progress)
+            _reconstruct_crops(rebuilt, feed, layer, plan, channels, yx, sink, memory_budget_mb, progress)
             return result
         rows = [np.column_stack([yx[n], channels]) for n in range(n_images)]
     else:
@@ -164,8 +176,8 @@ def reconstruct(rebuilt: RebuiltGraph, feed: Feed, layer: LayerInfo, target: str
     for n in range(n_images):
         def one_chunk(begin, end, n=n):
             chunk = rows[n][begin:end]
-            result[n, begin:end] = run(
-                rebuilt, grads, {index: chunk.astype(np.int32), **feed.with_images(images[n:n + 1])})
+            sink(n, begin, run(rebuilt, grads, {index: chunk.astype(np.int32),
+                                                **feed.with_images(images[n:n + 1])}))
             if progress is not None:
                 progress(len(chunk))
 
@@ -199,7 +211,7 @@ def _in_chunks(total: int, batch: int, layer: LayerInfo, run_chunk) -> int:
     return batch
 
 
-def _reconstruct_crops(rebuilt, feed, layer, plan, channels, yx, result, memory_budget_mb, progress):
+def _reconstruct_crops(rebuilt, feed, layer, plan, channels, yx, sink, memory_budget_mb, progress):
     """Single units on crops: a batch of different crops per backward pass."""
     images = feed.images
     pairs = [(n, k) for n in range(images.shape[0]) for k in range(len(channels))]
@@ -219,9 +231,14 @@ def _reconstruct_crops(rebuilt, feed, layer, plan, channels, yx, result, memory_
         local = units - offsets // np.array(plan.jump)
         rows = np.column_stack([local, channels[channel_ids]]).astype(np.int32)
         values = run(rebuilt, grads, {index: rows, **feed.with_images(crops)})
-        for item, (n, k) in enumerate(chunk):
-            oy, ox = offsets[item]
-            result[n, k, oy:oy + height, ox:ox + width] = values[item]
+        # Zero outside each crop; one sink call per image the chunk touches.
+        for n in np.unique(image_ids):
+            mine = np.flatnonzero(image_ids == n)
+            whole = np.zeros((len(mine),) + images.shape[1:], np.float32)
+            for slot, item in enumerate(mine):
+                oy, ox = offsets[item]
+                whole[slot, oy:oy + height, ox:ox + width] = values[item]
+            sink(int(n), int(channel_ids[mine[0]]), whole)
         if progress is not None:
             progress(len(chunk))
 

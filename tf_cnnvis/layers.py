@@ -92,9 +92,12 @@ def layer_table(graph: tf.Graph, model: FrozenModel) -> list[LayerInfo]:
     prelu_outputs, prelu_internal = prelu_nodes(model.graph_def)
     keras_name_of = {tensor: name for name, tensor in model.keras_layers.items()}
     reached = _depends_on_inputs(graph, model.inputs)
+    # Only the model's own ops: an imported graph also holds the backward
+    # passes built on it, whose convolutions and rectifiers are no layers.
+    own = {node.name for node in model.graph_def.node}
     table = []
     for op in graph.get_operations():
-        if op.name not in reached or op.name in prelu_internal:
+        if op.name not in reached or op.name not in own or op.name in prelu_internal:
             continue
         kind = "relu" if op.name in prelu_outputs else _KIND_OF_OP.get(op.type)
         if kind is None:

@@ -338,7 +338,10 @@ def top_activations(model, dataset, layers, k=9, *, batch_size=64, channels=None
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1):
         raise OptionError(f"limit={limit!r} must be None or an integer >= 1")
     frozen = load_model(model, trust_model_code=trust_model_code)
-    plain = rebuild(frozen, "gradient")
+    # One imported graph serves the scan and the reconstructions: the forward
+    # pass is the same whatever the backward rules, and a second import would
+    # hold a second copy of the weights.
+    plain = rebuild(frozen, method if reconstruct else "gradient")
     chosen = select_layers(plain.graph, frozen, layers)
     for layer in chosen:
         if layer.channels is None:
@@ -392,7 +395,7 @@ def top_activations(model, dataset, layers, k=9, *, batch_size=64, channels=None
     result = TopActivations(images=_display(raw, deprocess), image_index=np.array(order, np.int64),
                             count=count, k=k, method=method, replicas=strategy.num_replicas_in_sync)
     slot_of = {dataset_index: slot for slot, dataset_index in enumerate(order)}
-    rebuilt = rebuild(frozen, method) if reconstruct else None
+    rebuilt = plain if reconstruct else None
     for layer in chosen:
         top = tops[layer.name]
         tops_of_layer = LayerTops(name=layer.name, tensor=layer.tensor, channels=selected[layer.name],

@@ -98,6 +98,12 @@ def _normalize_rows_general(rows, ubound):
     return np.clip(scaled, 0, min(ubound, 255)).astype(np.uint8)
 
 
+def grid_layout(count: int) -> tuple[int, int]:
+    """(columns, rows) of the near-square grid that holds ``count`` cells."""
+    columns = max(1, math.ceil(math.sqrt(count)))
+    return columns, max(1, math.ceil(count / columns))
+
+
 def convert_into_grid(Xs, padding=1, ubound=255.0):  # noqa: N803 - original name
     """Tile ``Xs`` of shape (N, H, W, C) into a near-square grid, uint8.
 
@@ -112,8 +118,7 @@ def convert_into_grid(Xs, padding=1, ubound=255.0):  # noqa: N803 - original nam
     n, height, width, channels = Xs.shape
     if padding < 0:
         raise ValueError(f"padding={padding!r} must be >= 0")
-    columns = max(1, math.ceil(math.sqrt(n)))
-    rows = max(1, math.ceil(n / columns))
+    columns, rows = grid_layout(n)
     if Xs.dtype != np.uint8:
         with np.errstate(over="ignore"):  # beyond float32 is beyond 255 anyway
             cells = np.clip(np.nan_to_num(Xs.astype(np.float32, copy=False), nan=0.0, posinf=ubound,

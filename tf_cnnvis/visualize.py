@@ -20,7 +20,8 @@ from tf_cnnvis.load import load_model
 from tf_cnnvis.progress import progress_bar
 from tf_cnnvis.rebuild import check_method, rebuild
 from tf_cnnvis.utils import convert_into_grid, image_normalization, normalize_each
-from tf_cnnvis.write import SummaryWriter, encode_png, ensure_folder, inside, safe_names, write_atomic
+from tf_cnnvis.write import (GridPng, SummaryWriter, encode_png, ensure_folder, inside, safe_names,
+                             write_atomic)
 
 logger = logging.getLogger("tf_cnnvis")
 
@@ -89,13 +90,16 @@ class _Writer:
     def image(self, layer: LayerInfo, parts: tuple[str, ...], filename: str, picture: np.ndarray,
               tag: str | None):
         """Encode ``picture`` once; write it to disk and queue it for TensorBoard."""
-        png = encode_png(picture)
+        channels = 1 if picture.ndim == 2 else picture.shape[-1]
+        self.png(layer, parts, filename, encode_png(picture), picture.shape[:2] + (channels,), tag)
+
+    def png(self, layer: LayerInfo, parts: tuple[str, ...], filename: str, png: bytes, shape, tag: str | None):
+        """Write encoded ``png`` of ``shape`` (H, W, C) to disk and queue it for TensorBoard."""
         if self.outdir is not None:
             path = inside(self.outdir, self.folders[layer.name], *parts, filename)
             self.result.paths.append(write_atomic(path, png))
         if tag is not None and self.summary is not None:
-            channels = 1 if picture.ndim == 2 else picture.shape[-1]
-            self._pending[tag] = (png, picture.shape[0], picture.shape[1], channels)
+            self._pending[tag] = (png, *shape)
 
     def flush(self):
         if self.summary is not None and self._pending:
@@ -177,7 +181,7 @@ def deconv_visualization(graph_or_path=None, value_feed_dict=None, input_tensor=
                          path_logdir="./Log", path_outdir="./Output", *, sess_graph_path=None,
                          method="deconvnet", target="map", channels=None, step=0,
                          save_channels=False,
-                         memory_budget_mb=compute.DEFAULT_MEMORY_BUDGET_MB,
+                         memory_budget_mb=compute.DEFAULT_MEMORY_BUDGET_MB, keep_arrays=True,
                          progress=False, trust_model_code=False) -> VisualizationResult:
     """Reconstruct each channel of each selected layer back into image space.
 
@@ -189,6 +193,10 @@ def deconv_visualization(graph_or_path=None, value_feed_dict=None, input_tensor=
             original did); ``'unit'`` its single strongest unit (the paper).
         channels: a subset of channel indices (default: all).
         memory_budget_mb: bounds the batch of reconstructions run at once.
+        keep_arrays: ``False`` renders each batch of reconstructions as it
+            is computed and keeps none of them (``result.arrays[layer]`` is
+            empty): memory stays within the budget however many channels a
+            layer has, instead of holding ``N x C x H x W x 3`` floats.
         progress: ``True`` shows a progress bar on standard error when it is
             a terminal; a callable receives the number of reconstructions
             finished.
@@ -198,8 +206,16 @@ def deconv_visualization(graph_or_path=None, value_feed_dict=None, input_tensor=
     if target not in compute.TARGETS:
         raise OptionError(f"target {target!r} is not one of {', '.join(map(repr, compute.TARGETS))}")
     compute.check_memory_budget(memory_budget_mb)
+    if not isinstance(keep_arrays, bool):
+        raise OptionError(f"keep_arrays={keep_arrays!r} must be True or False")
+    if not keep_arrays and path_outdir is None and path_logdir is None:
+        raise OptionError("keep_arrays=False with path_outdir=None and path_logdir=None would compute "
+                          "reconstructions and discard them; give a folder or keep the arrays")
     model = load_model(_source(graph_or_path, sess_graph_path), trust_model_code=trust_model_code)
-    plain = rebuild(model, "gradient")
+    # The first method's graph also selects layers and computes activations:
+    # the forward pass is the same whatever the backward rules, and another
+    # imported graph would hold another copy of the weights.
+    plain = rebuild(model, methods[0])
     chosen = select_layers(plain.graph, model, layers)
     feed = resolve_feed(model, plain.graph, value_feed_dict, input_tensor)
     for layer in chosen:
@@ -217,26 +233,68 @@ def deconv_visualization(graph_or_path=None, value_feed_dict=None, input_tensor=
     bar = progress_bar(progress, count * len(methods) * sum(per_layer), "reconstructions")
     for layer in chosen:
         result.arrays[layer.name] = {}
+        numbers = np.arange(layer.channels) if channels is None else np.atleast_1d(channels)
         for name in methods:
-            rebuilt = rebuild(model, name)
-            recon = compute.reconstruct(rebuilt, feed, layer, target=target, channels=channels,
-                                        layer_values=values.get(layer.tensor),
-                                        memory_budget_mb=memory_budget_mb, progress=bar.update)
-            result.arrays[layer.name][name] = recon
-            for index in range(count) if writer.enabled else ():
-                parts = ("deconvolution", folder_of[name]) + _image_parts(index, count)
-                pictures = normalize_each(recon[index])
-                writer.image(layer, parts, "grid_image.png", convert_into_grid(pictures),
-                             _tag(layer, f"deconvolution/{folder_of[name]}", index, count))
-                if save_channels:
-                    numbers = range(layer.channels) if channels is None else channels
-                    for picture, channel in zip(pictures, numbers):
-                        writer.image(layer, parts + ("channels",), f"channel_{channel:04d}.png",
-                                     picture, None)
-            logger.info("%s reconstructions of %s: %s", name, layer.name, recon.shape)
+            render = _Reconstructions(writer, layer, ("deconvolution", folder_of[name]), numbers, count,
+                                      feed.images.shape[1:], keep_arrays, save_channels)
+            compute.reconstruct(rebuild(model, name), feed, layer, target=target, channels=channels,
+                                layer_values=values.get(layer.tensor), memory_budget_mb=memory_budget_mb,
+                                progress=bar.update, sink=render)
+            render.finish()
+            if keep_arrays:
+                result.arrays[layer.name][name] = render.arrays
+            logger.info("%s reconstructions of %s: %d images x %d channels", name, layer.name, count,
+                        len(numbers))
     writer.flush()
     bar.close()
     return result
+
+
+class _Reconstructions:
+    """Receives one layer's reconstructions chunk by chunk: keeps and/or renders them.
+
+    Each chunk is scaled and placed into its image's grid (encoded as it
+    fills) and, with ``save_channels``, written one PNG per channel, so
+    rendering never holds more than a chunk and a row of grid cells.
+    """
+
+    def __init__(self, writer: _Writer, layer: LayerInfo, parts: tuple[str, ...], numbers, count: int,
+                 image_shape, keep: bool, save_channels: bool):
+        self.writer, self.layer, self.parts, self.numbers = writer, layer, parts, numbers
+        self.count, self.save_channels = count, save_channels
+        self.arrays = np.zeros((count, len(numbers)) + tuple(image_shape), np.float32) if keep else None
+        cell = tuple(image_shape[:2]) + (_display_channels(image_shape[-1]),)
+        self.grids = [GridPng(len(numbers), cell) for _ in range(count)] if writer.enabled else []
+
+    def __call__(self, image: int, first: int, values: np.ndarray):
+        if self.arrays is not None:
+            self.arrays[image, first:first + len(values)] = values
+        if not self.grids:
+            return
+        pictures = normalize_each(_displayable(values))
+        self.grids[image].add(pictures)
+        if self.save_channels:
+            parts = self.parts + _image_parts(image, self.count) + ("channels",)
+            for offset, picture in enumerate(pictures):
+                self.writer.image(self.layer, parts, f"channel_{self.numbers[first + offset]:04d}.png",
+                                  picture, None)
+
+    def finish(self):
+        for image, grid in enumerate(self.grids):
+            what = "/".join(self.parts)
+            self.writer.png(self.layer, self.parts + _image_parts(image, self.count), "grid_image.png",
+                            grid.finish(), grid.shape, _tag(self.layer, what, image, self.count))
+
+
+def _display_channels(channels: int) -> int:
+    return channels if channels in (1, 3, 4) else 1
+
+
+def _displayable(values: np.ndarray) -> np.ndarray:
+    """Pictures of ``(k, H, W, C)`` values: C kept for 1, 3 or 4 channels, else their mean."""
+    if values.shape[-1] in (1, 3, 4):
+        return values
+    return values.mean(axis=-1, keepdims=True)
 
 
 def _check_channels(layer: LayerInfo, channels):

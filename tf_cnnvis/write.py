@@ -22,6 +22,7 @@ import zlib
 import numpy as np
 
 from tf_cnnvis.errors import OutputError
+from tf_cnnvis.utils import grid_layout
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 # mkstemp creates files readable by the owner only; pictures get the
@@ -80,27 +81,107 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def encode_png(image: np.ndarray) -> bytes:
-    """PNG bytes of a uint8 (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array.
+class PngStream:
+    """A PNG encoded as its rows arrive, top to bottom.
 
     Every row is stored with PNG's "Up" filter (its difference to the row
     above) and compressed by zlib at level 1: grids of feature maps and
     reconstructions encode 2-6x faster than with Pillow's per-row filter
-    search, at about the same size.
+    search, at about the same size. Only the compressed bytes are kept, so
+    a grid of thousands of cells never has to exist in memory at once.
     """
+
+    def __init__(self, height: int, width: int, channels: int):
+        if channels not in _PNG_COLOR_TYPES or height < 1 or width < 1:
+            raise ValueError(f"a PNG needs height, width >= 1 and 1, 3 or 4 channels; got "
+                             f"{(height, width, channels)}")
+        self.shape = (height, width, channels)
+        self._rows_left = height
+        self._previous = np.zeros(width * channels, np.uint8)
+        self._zlib = zlib.compressobj(1)
+        self._parts = [_PNG_SIGNATURE, _png_chunk(b"IHDR", struct.pack(
+            ">IIBBBBB", width, height, 8, _PNG_COLOR_TYPES[channels], 0, 0, 0))]
+        self._data = []
+
+    def write(self, rows: np.ndarray):
+        """Append rows of shape ``(k, width)`` or ``(k, width, channels)``, uint8."""
+        rows = np.asarray(rows, np.uint8).reshape(len(rows), -1)
+        if rows.shape[1] != self._previous.size or len(rows) > self._rows_left:
+            raise ValueError(f"rows of shape {rows.shape} do not fit a PNG of shape {self.shape} "
+                             f"with {self._rows_left} rows left")
+        for begin in range(0, len(rows), _PNG_BAND_ROWS):
+            band = rows[begin:begin + _PNG_BAND_ROWS]
+            filtered = np.empty((len(band), band.shape[1] + 1), np.uint8)
+            filtered[:, 0] = 2  # the "Up" filter
+            np.subtract(band[:1], self._previous[None], out=filtered[:1, 1:])
+            np.subtract(band[1:], band[:-1], out=filtered[1:, 1:])  # uint8 wraps modulo 256, as PNG wants
+            self._previous = band[-1].copy()
+            self._data.append(self._zlib.compress(filtered))
+        self._rows_left -= len(rows)
+
+    def finish(self) -> bytes:
+        if self._rows_left:
+            raise ValueError(f"the PNG of shape {self.shape} still misses {self._rows_left} rows")
+        self._data.append(self._zlib.flush())
+        return b"".join([*self._parts, _png_chunk(b"IDAT", b"".join(self._data)), _png_chunk(b"IEND", b"")])
+
+
+_PNG_BAND_ROWS = 256  # rows filtered at a time: bounds the filtered copy
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes of a uint8 (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array."""
     image = np.asarray(image, np.uint8)
     channels = image.shape[-1] if image.ndim == 3 else 1
     if image.ndim not in (2, 3) or channels not in _PNG_COLOR_TYPES or 0 in image.shape:
         raise ValueError(f"encode_png takes a non-empty (H, W) or (H, W, 1|3|4) array; got shape {image.shape}")
-    height, width = image.shape[:2]
-    rows = image.reshape(height, width * channels)
-    filtered = np.empty((height, rows.shape[1] + 1), np.uint8)
-    filtered[:, 0] = 2  # the "Up" filter
-    filtered[0, 1:] = rows[0]
-    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # uint8 wraps modulo 256, as PNG wants
-    header = struct.pack(">IIBBBBB", width, height, 8, _PNG_COLOR_TYPES[channels], 0, 0, 0)
-    return b"".join([_PNG_SIGNATURE, _png_chunk(b"IHDR", header),
-                     _png_chunk(b"IDAT", zlib.compress(filtered, 1)), _png_chunk(b"IEND", b"")])
+    stream = PngStream(image.shape[0], image.shape[1], channels)
+    stream.write(image)
+    return stream.finish()
+
+
+class GridPng:
+    """``encode_png(convert_into_grid(cells))``, built as the cells arrive in order.
+
+    Holds one row of cells at a time: a grid of 4096 reconstructions at
+    224 px (600 MB as pixels) costs its compressed size.
+    """
+
+    def __init__(self, count: int, cell_shape, padding: int = 1, fill: int = 255):
+        height, width, channels = cell_shape
+        self.columns, rows = grid_layout(count)
+        self.count, self.cell, self.padding, self.fill = count, (height, width), padding, fill
+        grid_width = self.columns * width + padding * (self.columns - 1)
+        self.stream = PngStream(rows * height + padding * (rows - 1), grid_width, channels)
+        self.shape = self.stream.shape
+        self._band = np.full((height, grid_width, channels), fill, np.uint8)
+        self._added = 0
+
+    def add(self, cells: np.ndarray):
+        """Append uint8 cells of shape ``(k, height, width, channels)``."""
+        height, width = self.cell
+        for cell in cells:
+            if self._added >= self.count:
+                raise ValueError(f"the grid holds {self.count} cells; got more")
+            row, column = divmod(self._added, self.columns)
+            x = column * (width + self.padding)
+            self._band[:, x:x + width] = cell
+            self._added += 1
+            if column == self.columns - 1 or self._added == self.count:
+                self._write_band(row)
+
+    def _write_band(self, row: int):
+        if row > 0 and self.padding:
+            self.stream.write(np.full((self.padding,) + self._band.shape[1:], self.fill, np.uint8))
+        self.stream.write(self._band)
+        self._band[:] = self.fill
+
+    def finish(self) -> bytes:
+        if self._added != self.count:
+            raise ValueError(f"the grid holds {self.count} cells; only {self._added} were added")
+        if self.count == 0:  # like convert_into_grid: one empty cell
+            self._write_band(0)
+        return self.stream.finish()
 
 
 def ensure_folder(path: str, what: str) -> str:
