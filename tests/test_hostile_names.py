@@ -203,3 +203,27 @@ def test_inside_refuses_escapes(tmp_path, parts):
 
     with pytest.raises(OutputError, match="outside the output folder"):
         inside(str(tmp_path / "out"), *parts)
+
+
+@pytest.mark.parametrize("name", ["com1", "LPT9", "con.txt", "Nul.layer", "aux"])
+def test_windows_device_names_get_a_hash(name):
+    folder = safe_names([name])[name]
+    assert folder != name and folder.split(".")[0].split("-")[0].lower() == name.split(".")[0].lower()
+
+
+def test_a_link_planted_inside_the_output_folder_is_refused(tmp_path):
+    """A folder inside path_outdir that links elsewhere must not carry writes out of it."""
+    graph = hostile_graph()
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    options = dict(layers=[HOSTILE_OPS[2]], path_outdir=str(out), path_logdir=None)
+    first = tf_cnnvis.activation_visualization(graph, {"x": IMAGES}, **options)
+    folder = out / os.path.relpath(first.paths[0], out).split(os.sep)[0]
+    for path in first.paths:
+        os.unlink(path)
+    os.rmdir(folder / "activations")
+    os.rmdir(folder)
+    os.symlink(elsewhere, folder)
+    with pytest.raises(tf_cnnvis.OutputError, match="link"):
+        tf_cnnvis.activation_visualization(graph, {"x": IMAGES}, **options)
+    assert os.listdir(elsewhere) == []

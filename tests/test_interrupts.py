@@ -229,3 +229,18 @@ def test_out_of_memory_with_one_item_says_what_to_do(monkeypatch):
     with pytest.raises(tf_cnnvis.TfCnnvisError, match="memory_budget_mb|smaller images"):
         tf_cnnvis.deconv_visualization(graph, {"x": IMAGES}, layers="relu2", path_outdir=None,
                                        path_logdir=None)
+
+
+def test_temporaries_stranded_by_a_killed_process_are_removed(tmp_path):
+    """A hard kill can leave '.tmp-<pid>-*.part'; the next writer removes those of dead processes only."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    folder = tmp_path / "out" / "relu1" / "activations"
+    folder.mkdir(parents=True)
+    stranded = folder / f".tmp-{dead.stdout.strip()}-abc.part"
+    alive = folder / f".tmp-{os.getppid()}-def.part"  # a writer that still runs: left alone
+    stranded.write_bytes(b"half a picture")
+    alive.write_bytes(b"being written")
+    tf_cnnvis.activation_visualization(tf1_graph()[0], {"x": IMAGES}, layers=["relu1"],
+                                       path_outdir=str(tmp_path / "out"), path_logdir=None)
+    assert not stranded.exists() and alive.exists()

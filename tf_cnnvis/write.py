@@ -30,6 +30,9 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 MAX_NAME_LENGTH = 100
+# Device names Windows reserves, with or without an extension ("com1.txt").
+_RESERVED = frozenset({"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)),
+                       *(f"lpt{i}" for i in range(1, 10))})
 
 
 def safe_names(names) -> dict[str, str]:
@@ -37,12 +40,13 @@ def safe_names(names) -> dict[str, str]:
 
     ``/`` and other unsafe characters become ``_``, leading dots are dropped
     (no ``..``), and names that had to change beyond that, are too long, or
-    would collide (also case-insensitively) get a short hash of the original.
+    would collide (also case-insensitively) or are reserved device names on
+    Windows (``con``, ``com1``, ``lpt1.x`` ...) get a short hash of the original.
     """
     plain = {}
     for name in names:
         cleaned = _UNSAFE.sub("_", name.replace("\x00", "")).lstrip(".")[:MAX_NAME_LENGTH] or "layer"
-        needs_hash = cleaned != name.replace("/", "_") or cleaned.lower() in ("con", "nul", "aux", "prn")
+        needs_hash = cleaned != name.replace("/", "_") or cleaned.split(".")[0].lower() in _RESERVED
         plain[name] = (cleaned, needs_hash)
     counts: dict[str, int] = {}
     for cleaned, _ in plain.values():
@@ -198,10 +202,16 @@ def ensure_folder(path: str, what: str) -> str:
 
 
 def write_atomic(path: str, data: bytes) -> str:
-    """Write ``data`` to ``path`` via a temporary file and a rename."""
+    """Write ``data`` to ``path`` via a temporary file and a rename.
+
+    The temporary file is named ``.tmp-<pid>-*.part``; one left behind by a
+    process that was killed (it no longer runs) is removed the first time
+    this process writes into the same folder.
+    """
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".part")
+    _remove_stranded_temporaries(folder)
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".tmp-{os.getpid()}-", suffix=".part")
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
@@ -216,12 +226,51 @@ def write_atomic(path: str, data: bytes) -> str:
     return path
 
 
+_STRANDED = re.compile(r"^\.tmp-(\d+)-.*\.part$")
+_swept_folders: set[str] = set()
+_sweep_lock = threading.Lock()
+
+
+def _remove_stranded_temporaries(folder: str):
+    """Remove ``.tmp-<pid>-*.part`` files of processes that no longer run (once per folder)."""
+    with _sweep_lock:
+        if folder in _swept_folders:
+            return
+        _swept_folders.add(folder)
+    for name in os.listdir(folder):
+        match = _STRANDED.match(name)
+        if match and not _process_runs(int(match.group(1))):
+            try:
+                os.unlink(os.path.join(folder, name))
+            except OSError:  # another process removed it first
+                pass
+
+
+def _process_runs(pid: int) -> bool:
+    if pid == os.getpid() or os.name != "posix":  # elsewhere signal 0 is no mere probe
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it runs under another user
+        return True
+    return True
+
+
 def inside(root: str, *parts: str) -> str:
-    """``root/parts...``, refusing anything that would land outside ``root``."""
+    """``root/parts...``, refusing anything that would land outside ``root``.
+
+    Links are followed for the check: a folder inside ``root`` that is a
+    symbolic link to somewhere else is refused too.
+    """
     root = os.path.abspath(root)
     path = os.path.abspath(os.path.join(root, *parts))
-    if os.path.commonpath([root, path]) != root:
-        raise OutputError(f"refusing to write {path!r} outside the output folder {root!r}")
+    real_root = os.path.realpath(root)
+    real = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+    if os.path.commonpath([root, path]) != root or os.path.commonpath([real_root, real]) != real_root:
+        raise OutputError(f"refusing to write {path!r} outside the output folder {root!r}"
+                          + (f" (a link leads to {real!r})" if real != path else ""))
     return path
 
 
