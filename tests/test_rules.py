@@ -296,7 +296,7 @@ def test_unit_crops_equal_whole_image_including_border_units(method, size):
     x = rng.uniform(0, 1, (2,) + size + (3,)).astype(np.float32)
     for layer in ("conv1", "conv2", "pool2", "conv3"):
         rebuilt, feed, info, values = _layer_setup(model, x, layer, method)
-        plan = compute._crop_plan(rebuilt, feed, info)
+        plan = compute.crop_plan(rebuilt, feed, info)
         assert plan is not None and plan.size[0] < size[0]
         # Put strongest units on every border: the field crosses the image edge.
         border = values.copy()

@@ -163,7 +163,7 @@ def reconstruct(rebuilt: RebuiltGraph, feed: Feed, layer: LayerInfo, target: str
     use_units = target == "unit" and len(layer.shape) == 4
     if use_units:
         yx = strongest_units(layer_values)[:, channels]  # (N, K, 2)
-        plan = _crop_plan(rebuilt, feed, layer) if crop else None
+        plan = crop_plan(rebuilt, feed, layer) if crop else None
         if plan is not None:
             _reconstruct_crops(rebuilt, feed, layer, plan, channels, yx, sink, memory_budget_mb, progress)
             return result
@@ -173,11 +173,17 @@ def reconstruct(rebuilt: RebuiltGraph, feed: Feed, layer: LayerInfo, target: str
     kind = "unit" if target == "unit" else "map"
     index, grads = rebuilt.target(layer.tensor, feed.input_name, kind)
     batch = chunk_size(rebuilt, feed, layer, images.shape[1:], memory_budget_mb, limit=len(channels))
+    # Several chunks: run the forward pass once per image and feed its values
+    # to every chunk's backward pass instead of recomputing it each time.
+    forward = rebuilt.forward_tensors(grads, feed.input_name) if batch < len(channels) else []
     for n in range(n_images):
-        def one_chunk(begin, end, n=n):
+        inputs = feed.with_images(images[n:n + 1])
+        if forward:
+            inputs.update(zip(forward, run(rebuilt, forward, inputs)))
+
+        def one_chunk(begin, end, n=n, inputs=inputs):
             chunk = rows[n][begin:end]
-            sink(n, begin, run(rebuilt, grads, {index: chunk.astype(np.int32),
-                                                **feed.with_images(images[n:n + 1])}))
+            sink(n, begin, run(rebuilt, grads, {index: chunk.astype(np.int32), **inputs}))
             if progress is not None:
                 progress(len(chunk))
 
@@ -262,7 +268,7 @@ class CropPlan:
         return np.clip(aligned, 0, np.array(self.image_size) - np.array(self.size)).astype(int)
 
 
-def _crop_plan(rebuilt: RebuiltGraph, feed: Feed, layer: LayerInfo) -> CropPlan | None:
+def crop_plan(rebuilt: RebuiltGraph, feed: Feed, layer: LayerInfo) -> CropPlan | None:
     """A crop plan, or None when the whole image must be used."""
     from tf_cnnvis.receptive_field import receptive_field
 

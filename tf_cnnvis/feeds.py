@@ -43,6 +43,11 @@ def _key_name(key) -> str:
                     "its name ('x:0' or 'x') or a Keras input name")
 
 
+def resolve_key(model: FrozenModel, graph: tf.Graph, key) -> str:
+    """The tensor name a feed key stands for: a tensor, an op, or a tensor, op or Keras input name."""
+    return _resolve(model, graph, _key_name(key))
+
+
 def _resolve(model: FrozenModel, graph: tf.Graph, name: str) -> str:
     """The frozen graph's tensor name for a user's key."""
     if name in model.input_aliases:
@@ -72,7 +77,7 @@ def resolve_feed(model: FrozenModel, graph: tf.Graph, value_feed_dict, input_ten
         value_feed_dict = {model.inputs[0]: value_feed_dict}
     values: dict[str, np.ndarray] = {}
     for key, value in value_feed_dict.items():
-        name = _resolve(model, graph, _key_name(key))
+        name = resolve_key(model, graph, key)
         values[name] = _as_array(name, value, graph)
     input_name = _pick_input(model, graph, values, input_tensor)
     images = values.pop(input_name)
@@ -98,7 +103,7 @@ def _as_array(name: str, value, graph) -> np.ndarray:
 
 def _pick_input(model, graph, values, input_tensor) -> str:
     if input_tensor is not None:
-        name = _resolve(model, graph, _key_name(input_tensor))
+        name = resolve_key(model, graph, input_tensor)
         if name not in values:
             raise FeedError(f"input_tensor {name!r} is not in value_feed_dict (fed: "
                             f"{', '.join(values) or 'nothing'}); feed it the images")

@@ -9,13 +9,17 @@ method         ReLU backward (g upstream)      source
 =============  ==============================  ==============================
 
 Max-pool backward (routing to the recorded switch) and the transposed
-convolutions are the same in all three. The transposed convolutions are
-TensorFlow's own gradients. The rectifier and max-pool rules are written so
-that everything taken from the forward pass (where ``x > 0``, which input won
-each pooling window) is computed once and only broadcast against the
-gradient: vectorized over a chunk of channels, TensorFlow's own ``ReluGrad``
-and ``MaxPoolGrad`` would copy their forward inputs once per channel and
-rescan every window. The results are bit-identical to TensorFlow's gradients.
+convolutions are the same in all three. The rules are written for a backward
+pass vectorized over a chunk of channels: everything taken from the forward
+pass (where ``x > 0``, which input won each pooling window, a convolution's
+flipped kernel) is built once per graph, outside the vectorized loop, and
+only broadcast against the gradient. TensorFlow's own ``ReluGrad`` and
+``MaxPoolGrad`` would copy their forward inputs once per channel and rescan
+every window; the rectifier and max-pool rules give TensorFlow's results bit
+for bit. A stride-1 ``Conv2D`` goes backward as a forward convolution with the
+flipped kernel (faster on CPUs than ``Conv2DBackpropInput``, equal up to
+rounding); other convolutions keep TensorFlow's op. Rebuilt graphs give
+gradients with respect to the input only; weights get none.
 The rules are attached to each node of the ``GraphDef`` before it is
 imported (the ``_gradient_op_type`` attribute that ``gradient_override_map``
 also sets), so they reach every op of the graph, ops inside Keras models
@@ -466,6 +470,39 @@ class RebuiltGraph:
             raise OptionError(f"target kind {kind!r} is not one of {', '.join(TARGET_KINDS)}")
         return self.cached(("target", layer_tensor, input_tensor, kind),
                            lambda: self._build_target(layer_tensor, input_tensor, kind))
+
+    def forward_tensors(self, fetch, input_tensor: str) -> list[str]:
+        """The forward tensors that the backward pass ``fetch`` reads.
+
+        Feeding their values (computed once per image) keeps a run of
+        ``fetch`` from repeating the forward pass for every chunk. These are
+        the model's tensors that depend on ``input_tensor`` and are read by
+        an op of the backward pass; weights are left to the graph. Empty if
+        one of them cannot be fed.
+        """
+        def build():
+            own = {node.name for node in self.model.graph_def.node}
+            dependent = {self.tensor(input_tensor).op.name}
+            for op in self.graph.get_operations():  # import order is topological
+                if op.name in own and any(t.op.name in dependent for t in op.inputs):
+                    dependent.add(op.name)
+            needed, seen, stack = set(), set(), [fetch.op]
+            while stack:
+                op = stack.pop()
+                if op.name in seen:
+                    continue
+                seen.add(op.name)
+                for tensor in op.inputs:
+                    if tensor.op.name not in own:
+                        stack.append(tensor.op)
+                    elif tensor.op.name in dependent and tensor.name != input_tensor:
+                        needed.add(tensor.name)
+                stack.extend(c for c in op.control_inputs if c.name not in own)
+            if not all(self.graph.is_feedable(self.tensor(name)) for name in needed):
+                return []
+            return sorted(needed)
+
+        return self.cached(("forward tensors", fetch.name, input_tensor), build)
 
     def cached(self, key, build):
         """Ops built once per graph by ``build()`` and reused afterwards."""

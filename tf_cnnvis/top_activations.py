@@ -415,14 +415,14 @@ def top_activations(model, dataset, layers, k=9, *, batch_size=64, channels=None
 
 def _inputs(frozen, graph, input_tensor, feed_dict):
     """The image input's tensor name and the fixed values of the other inputs."""
-    from tf_cnnvis.feeds import _resolve, _key_name
+    from tf_cnnvis.feeds import resolve_key
 
     fixed = {}
     for key, value in (feed_dict or {}).items():
-        name = _resolve(frozen, graph, _key_name(key))
+        name = resolve_key(frozen, graph, key)
         fixed[name] = np.asarray(value, graph.get_tensor_by_name(name).dtype.as_numpy_dtype)
     if input_tensor is not None:
-        return _resolve(frozen, graph, _key_name(input_tensor)), fixed
+        return resolve_key(frozen, graph, input_tensor), fixed
     free = [name for name in frozen.inputs if name not in fixed
             and graph.get_tensor_by_name(name).op.type == "Placeholder"]
     if len(free) != 1:
@@ -489,7 +489,7 @@ def _reconstruct(rebuilt, input_name, fixed, layer, tops: LayerTops, raw, slot_o
     if not pairs:
         return out
     feed = Feed(input_name=input_name, images=raw[:1], others=fixed)
-    plan = compute._crop_plan(rebuilt, feed, layer) if len(layer.shape) == 4 else None
+    plan = compute.crop_plan(rebuilt, feed, layer) if len(layer.shape) == 4 else None
     item_shape = (plan.size if plan is not None else (height, width)) + raw.shape[3:]
     chunk = compute.chunk_size(rebuilt, feed, layer, item_shape, memory_budget_mb, limit=len(pairs))
     index, grad = rebuilt.target(layer.tensor, input_name, "batched_units")
