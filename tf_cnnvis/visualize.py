@@ -241,6 +241,7 @@ def deconv_visualization(graph_or_path=None, value_feed_dict=None, input_tensor=
                                 layer_values=values.get(layer.tensor), memory_budget_mb=memory_budget_mb,
                                 progress=bar.update, sink=render)
             render.finish()
+            writer.flush()  # one event per layer and method: one grid's bytes in memory at a time
             if keep_arrays:
                 result.arrays[layer.name][name] = render.arrays
             logger.info("%s reconstructions of %s: %d images x %d channels", name, layer.name, count,
