@@ -9,12 +9,14 @@ so an interrupted run never leaves a truncated picture.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import itertools
 import os
 import re
+import secrets
+import signal
 import struct
-import tempfile
 import threading
 import time
 import zlib
@@ -25,7 +27,7 @@ from tf_cnnvis.errors import OutputError
 from tf_cnnvis.utils import grid_layout
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-# mkstemp creates files readable by the owner only; pictures get the
+# Temporary files are created readable by the owner only; pictures get the
 # permissions any other new file would get under the process's umask.
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
@@ -219,9 +221,11 @@ def write_atomic(path: str, data: bytes) -> str:
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
     _remove_stranded_temporaries(folder)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".tmp-{os.getpid()}-", suffix=".part")
+    # The name is chosen before the file exists, so a Ctrl-C at any point
+    # below leaves nothing whose name this function does not know.
+    temporary = os.path.join(folder, f".tmp-{os.getpid()}-{secrets.token_hex(8)}.part")
     try:
-        with os.fdopen(handle, "wb") as stream:
+        with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as stream:
             stream.write(data)
         os.chmod(temporary, 0o666 & ~_UMASK)
         os.replace(temporary, path)
@@ -232,6 +236,24 @@ def write_atomic(path: str, data: bytes) -> str:
             pass
         raise
     return path
+
+
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """Hold back Ctrl-C (SIGINT) until the block is done; it is raised right after.
+
+    Only where a KeyboardInterrupt between two statements would leave
+    something behind: a temporary file not yet named, a lock not yet
+    released. A no-op off the main thread and where signals cannot be masked.
+    """
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 _STRANDED = re.compile(r"^\.tmp-(\d+)-.*\.part$")
@@ -334,7 +356,7 @@ class SummaryWriter:
                                 summary=summary_pb2.Summary(value=values))
         record = event.SerializeToString()
         del event, values  # a grid of hundreds of megabytes: hold as few copies as possible
-        with self._lock:
+        with _interrupts_deferred(), self._lock:  # never leave the lock held on Ctrl-C
             self._records.write(record)
             self._records.flush()
 
@@ -348,10 +370,15 @@ class SummaryWriter:
 
     @classmethod
     def close_all(cls):
-        with cls._lock:
+        # At exit: a lock some interrupted thread still holds must not hang the process.
+        if not cls._lock.acquire(timeout=10):
+            return
+        try:
             for writer in cls._writers.values():
                 writer._records.close()
             cls._writers.clear()
+        finally:
+            cls._lock.release()
 
 
 atexit.register(SummaryWriter.close_all)
