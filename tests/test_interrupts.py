@@ -111,7 +111,10 @@ def test_keyboard_interrupt_in_the_middle_of_a_write(tmp_path, monkeypatch):
 
 
 WORKER = textwrap.dedent("""
-    import os, sys
+    import os, signal, sys
+    # A shell starting the test run in the background makes children ignore
+    # SIGINT; the worker stands for a script run from a terminal.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     sys.path[:0] = [{repo!r}, {tests!r}]
     import numpy as np
