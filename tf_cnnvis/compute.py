@@ -142,8 +142,7 @@ def reconstruct(rebuilt: RebuiltGraph, feed: Feed, layer: LayerInfo, target: str
     With ``sink``, nothing is kept: ``sink(image, first, values)`` receives
     each chunk as it is computed, in order (``values`` holds the
     reconstructions of channels ``first, first + 1, ...`` of that image),
-    and the call returns None. Memory then stays within the budget whatever
-    the number of channels.
+    and the call returns None: no array grows with the number of channels.
     """
     if target not in TARGETS:
         raise OptionError(f"target {target!r} is not one of {', '.join(map(repr, TARGETS))}")

@@ -79,7 +79,8 @@ def negative_branch_relus(graph_def) -> set[str]:
             if nodes[nodes[name].input[0].split(":")[0]].op == "Neg"}
 
 
-def _depends_on_inputs(graph: tf.Graph, inputs) -> set[str]:
+def depends_on_inputs(graph: tf.Graph, inputs) -> set[str]:
+    """Names of the ops of ``graph`` that depend on any of the tensors ``inputs``."""
     reached = {graph.get_tensor_by_name(name).op.name for name in inputs}
     for op in graph.get_operations():  # import order is topological
         if any(t.op.name in reached for t in op.inputs):
@@ -91,7 +92,7 @@ def layer_table(graph: tf.Graph, model: FrozenModel) -> list[LayerInfo]:
     """Every selectable layer of ``graph`` in graph order."""
     prelu_outputs, prelu_internal = prelu_nodes(model.graph_def)
     keras_name_of = {tensor: name for name, tensor in model.keras_layers.items()}
-    reached = _depends_on_inputs(graph, model.inputs)
+    reached = depends_on_inputs(graph, model.inputs)
     # Only the model's own ops: an imported graph also holds the backward
     # passes built on it, whose convolutions and rectifiers are no layers.
     own = {node.name for node in model.graph_def.node}

@@ -46,7 +46,7 @@ import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 
 from tf_cnnvis.errors import OptionError
-from tf_cnnvis.layers import negative_branch_relus
+from tf_cnnvis.layers import depends_on_inputs, negative_branch_relus
 from tf_cnnvis.load import FrozenModel
 
 logger = logging.getLogger("tf_cnnvis")
@@ -87,7 +87,7 @@ def _forward_part(op, part):
 
 
 def prepare_forward_parts(graph: tf.Graph):
-    """Build the forward parts of every ReLU and max-pool of ``graph`` (call once)."""
+    """Build the forward parts of every ReLU, max-pool and Conv2D of ``graph`` (call once)."""
     parts = {}
     with graph.as_default(), tf.name_scope("tf_cnnvis_forward"):
         for op in graph.get_operations():
@@ -171,8 +171,7 @@ class _Switches:
         else:
             size, pooled = tf.shape(x)[1:3], tf.shape(y)[1:3]
         covered, channels = pooled * window, tf.shape(y)[3]
-        self.same = padding == b"SAME"
-        if self.same:
+        if padding == b"SAME":
             before = (covered - size) // 2
             winners = _pad_hw(winners, before, covered - size - before)
             self.finish = functools.partial(_slice_hw, begin=before, size=size)
@@ -482,10 +481,7 @@ class RebuiltGraph:
         """
         def build():
             own = {node.name for node in self.model.graph_def.node}
-            dependent = {self.tensor(input_tensor).op.name}
-            for op in self.graph.get_operations():  # import order is topological
-                if op.name in own and any(t.op.name in dependent for t in op.inputs):
-                    dependent.add(op.name)
+            dependent = depends_on_inputs(self.graph, [input_tensor])
             needed, seen, stack = set(), set(), [fetch.op]
             while stack:
                 op = stack.pop()

@@ -195,8 +195,8 @@ def deconv_visualization(graph_or_path=None, value_feed_dict=None, input_tensor=
         memory_budget_mb: bounds the batch of reconstructions run at once.
         keep_arrays: ``False`` renders each batch of reconstructions as it
             is computed and keeps none of them (``result.arrays[layer]`` is
-            empty): memory stays within the budget however many channels a
-            layer has, instead of holding ``N x C x H x W x 3`` floats.
+            empty), instead of holding ``N x C x H x W x 3`` floats: what
+            remains is the budget's working memory and the encoded pictures.
         progress: ``True`` shows a progress bar on standard error when it is
             a terminal; a callable receives the number of reconstructions
             finished.
@@ -246,7 +246,6 @@ def deconv_visualization(graph_or_path=None, value_feed_dict=None, input_tensor=
                 result.arrays[layer.name][name] = render.arrays
             logger.info("%s reconstructions of %s: %d images x %d channels", name, layer.name, count,
                         len(numbers))
-    writer.flush()
     bar.close()
     return result
 
@@ -287,13 +286,16 @@ class _Reconstructions:
                             grid.finish(), grid.shape, _tag(self.layer, what, image, self.count))
 
 
+_SHOWN_CHANNELS = (1, 3, 4)  # grey, RGB, RGBA; any other count is shown as its mean
+
+
 def _display_channels(channels: int) -> int:
-    return channels if channels in (1, 3, 4) else 1
+    return channels if channels in _SHOWN_CHANNELS else 1
 
 
 def _displayable(values: np.ndarray) -> np.ndarray:
     """Pictures of ``(k, H, W, C)`` values: C kept for 1, 3 or 4 channels, else their mean."""
-    if values.shape[-1] in (1, 3, 4):
+    if values.shape[-1] in _SHOWN_CHANNELS:
         return values
     return values.mean(axis=-1, keepdims=True)
 

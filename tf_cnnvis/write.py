@@ -9,13 +9,11 @@ so an interrupted run never leaves a truncated picture.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import hashlib
 import itertools
 import os
 import re
 import secrets
-import signal
 import struct
 import threading
 import time
@@ -83,8 +81,12 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_COLOR_TYPES = {1: 0, 3: 2, 4: 6}  # channels -> grey, RGB, RGBA
 
 
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+def _png_chunk(kind: bytes, *data: bytes) -> list[bytes]:
+    """A PNG chunk as pieces to join: length, kind, the data pieces, CRC (no copy of the data)."""
+    crc = zlib.crc32(kind)
+    for piece in data:
+        crc = zlib.crc32(piece, crc)
+    return [struct.pack(">I", sum(len(piece) for piece in data)), kind, *data, struct.pack(">I", crc)]
 
 
 class PngStream:
@@ -105,7 +107,7 @@ class PngStream:
         self._rows_left = height
         self._previous = np.zeros(width * channels, np.uint8)
         self._zlib = zlib.compressobj(1)
-        self._parts = [_PNG_SIGNATURE, _png_chunk(b"IHDR", struct.pack(
+        self._header = [_PNG_SIGNATURE, *_png_chunk(b"IHDR", struct.pack(
             ">IIBBBBB", width, height, 8, _PNG_COLOR_TYPES[channels], 0, 0, 0))]
         self._data = []
 
@@ -129,13 +131,9 @@ class PngStream:
         if self._rows_left:
             raise ValueError(f"the PNG of shape {self.shape} still misses {self._rows_left} rows")
         self._data.append(self._zlib.flush())
-        # One IDAT chunk, assembled in a single join: a grid's compressed
-        # bytes are copied once, not once per concatenation.
-        size, crc = sum(len(part) for part in self._data), zlib.crc32(b"IDAT")
-        for part in self._data:
-            crc = zlib.crc32(part, crc)
-        pieces = [*self._parts, struct.pack(">I", size), b"IDAT", *self._data, struct.pack(">I", crc),
-                  _png_chunk(b"IEND", b"")]
+        # One IDAT chunk and a single join: a grid's compressed bytes are
+        # copied once, not once per concatenation.
+        pieces = [*self._header, *_png_chunk(b"IDAT", *self._data), *_png_chunk(b"IEND")]
         self._data = []
         return b"".join(pieces)
 
@@ -238,24 +236,6 @@ def write_atomic(path: str, data: bytes) -> str:
     return path
 
 
-@contextlib.contextmanager
-def _interrupts_deferred():
-    """Hold back Ctrl-C (SIGINT) until the block is done; it is raised right after.
-
-    Only where a KeyboardInterrupt between two statements would leave
-    something behind: a temporary file not yet named, a lock not yet
-    released. A no-op off the main thread and where signals cannot be masked.
-    """
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
 _STRANDED = re.compile(r"^\.tmp-(\d+)-.*\.part$")
 _swept_folders: set[str] = set()
 _sweep_lock = threading.Lock()
@@ -356,7 +336,7 @@ class SummaryWriter:
                                 summary=summary_pb2.Summary(value=values))
         record = event.SerializeToString()
         del event, values  # a grid of hundreds of megabytes: hold as few copies as possible
-        with _interrupts_deferred(), self._lock:  # never leave the lock held on Ctrl-C
+        with self._lock:
             self._records.write(record)
             self._records.flush()
 
@@ -370,15 +350,10 @@ class SummaryWriter:
 
     @classmethod
     def close_all(cls):
-        # At exit: a lock some interrupted thread still holds must not hang the process.
-        if not cls._lock.acquire(timeout=10):
-            return
-        try:
+        with cls._lock:
             for writer in cls._writers.values():
                 writer._records.close()
             cls._writers.clear()
-        finally:
-            cls._lock.release()
 
 
 atexit.register(SummaryWriter.close_all)
