@@ -79,6 +79,32 @@ class _InterruptingOs(types.SimpleNamespace):
         return os.chmod(path, mode)
 
 
+def test_keyboard_interrupt_while_a_grid_streams_into_its_file(tmp_path, monkeypatch):
+    """A grid past TensorBoard's size limit is encoded into a temporary file chunk by chunk;
+    a Ctrl-C between chunks removes that file and leaves no grid behind."""
+    from tf_cnnvis import visualize
+
+    graph = tf1_graph()[0]
+    out = tmp_path / "out"
+    monkeypatch.setattr(write, "SUMMARY_MAX_SIDE", 8)
+    real_normalize = visualize.normalize_each
+    calls = []
+
+    def interrupting_normalize(values):
+        calls.append(len(values))
+        if len(calls) == 3:
+            assert [name for _, _, files in os.walk(out) for name in files if name.endswith(".part")]
+            raise KeyboardInterrupt
+        return real_normalize(values)
+
+    monkeypatch.setattr(visualize, "normalize_each", interrupting_normalize)
+    with pytest.raises(KeyboardInterrupt):
+        tf_cnnvis.deconv_visualization(graph, {"x": IMAGES}, layers=["relu2"], memory_budget_mb=0.001,
+                                       keep_arrays=False, path_outdir=str(out), path_logdir=None)
+    assert len(calls) == 3
+    assert pictures_and_leftovers(out) == ([], [])
+
+
 def test_keyboard_interrupt_in_the_middle_of_a_write(tmp_path, monkeypatch):
     graph = tf1_graph()[0]
     out, log = tmp_path / "out", tmp_path / "log"

@@ -1,6 +1,7 @@
 """What lands on disk and in TensorBoard is complete, decodable and where the README says."""
 
 import glob
+import io
 import math
 import os
 
@@ -10,6 +11,7 @@ from PIL import Image
 
 import tf_cnnvis
 from tf_cnnvis.utils import convert_into_grid, image_normalization
+from tf_cnnvis import write
 from tf_cnnvis.write import safe_names
 
 from conftest import small_keras_model
@@ -107,6 +109,56 @@ def test_streamed_pictures_are_the_arrays_rendered_and_need_no_arrays(tmp_path, 
     for old, new in zip(kept.paths, streamed.paths):
         assert os.path.relpath(old, tmp_path / "kept") == os.path.relpath(new, tmp_path / "streamed")
         assert open(old, "rb").read() == open(new, "rb").read()
+
+
+def block_means(picture, factor):
+    """Each factor x factor block's mean (partial blocks at the right and bottom edges), rounded."""
+    height, width = picture.shape[:2]
+    padded = np.full((-(-height // factor) * factor, -(-width // factor) * factor) + picture.shape[2:], np.nan)
+    padded[:height, :width] = picture
+    blocks = padded.reshape(padded.shape[0] // factor, factor, padded.shape[1] // factor, factor, -1)
+    return np.rint(np.nanmean(blocks, axis=(1, 3))).astype(np.uint8).reshape(
+        (padded.shape[0] // factor, padded.shape[1] // factor) + picture.shape[2:])
+
+
+def test_grids_beyond_tensorboards_size_limit_stream_to_disk_and_shrink_for_tensorboard(
+        tmp_path, images, monkeypatch):
+    """Past SUMMARY_MAX_SIDE a grid is encoded into its file as it fills; TensorBoard gets
+    each block's mean and a description saying so."""
+    model = small_keras_model()
+    options = dict(layers=["conv2"], method="guided", keep_arrays=False, memory_budget_mb=0.01)
+    whole = tf_cnnvis.deconv_visualization(model, images, path_outdir=str(tmp_path / "whole"), path_logdir=None,
+                                           **options)
+    monkeypatch.setattr(write, "SUMMARY_MAX_SIDE", 25)  # the 3 x 3 grid of 20 px cells is 62 px wide
+    log = tmp_path / "log"
+    shrunk = tf_cnnvis.deconv_visualization(model, images, path_outdir=str(tmp_path / "out"),
+                                            path_logdir=str(log), **options)
+    activations = tf_cnnvis.activation_visualization(model, images, layers=["conv1"], path_outdir=None,
+                                                     path_logdir=str(log), step=1)
+    assert [os.path.relpath(p, tmp_path / "out") for p in shrunk.paths] == \
+        [os.path.relpath(p, tmp_path / "whole") for p in whole.paths]
+    for old, new in zip(whole.paths, shrunk.paths):
+        full = read_png(new)
+        np.testing.assert_array_equal(full, read_png(old))  # every pixel kept on disk
+        tag = "conv2/deconvolution/guided/" + os.path.basename(os.path.dirname(new))
+        (event,) = event_images(str(log))[tag]
+        picture = np.asarray(Image.open(io.BytesIO(event.encoded_image_string)))
+        assert (event.height, event.width) == picture.shape[:2] == (21, 21)
+        np.testing.assert_array_equal(picture, block_means(full, 3))
+    assert not [name for _, _, files in os.walk(tmp_path) for name in files if name.endswith(".part")]
+    # Pictures drawn whole in memory (activation grids) follow the same limit.
+    activation_grid = tf_cnnvis.utils.convert_into_grid(tf_cnnvis.utils.normalize_each(
+        np.moveaxis(activations.arrays["conv1"][0], -1, 0)[..., None]))
+    (event,) = event_images(str(log))["conv1/activations/image_000"]
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(event.encoded_image_string))),
+                                  block_means(activation_grid, 3)[..., 0])
+    from tensorboard.backend.event_processing import event_accumulator
+
+    accumulator = event_accumulator.EventAccumulator(str(log))
+    accumulator.Reload()
+    description = accumulator.SummaryMetadata("conv2/deconvolution/guided/image_000").summary_description
+    assert description.startswith("reduced 3x from 62x62 px; every pixel is in ") and \
+        description.endswith(os.path.join("image_000", "grid_image.png"))
 
 
 def test_layers_stay_the_models_own_after_reconstructions(images):

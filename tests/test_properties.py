@@ -17,7 +17,8 @@ from PIL import Image
 
 from tf_cnnvis.utils import (_normalize_rows, _normalize_rows_general, convert_into_grid,
                              image_normalization, normalize_each)
-from tf_cnnvis.write import GridPng, encode_png, inside, safe_names
+from tf_cnnvis import write
+from tf_cnnvis.write import GridPng, PngStream, ShrunkPng, encode_png, inside, safe_names
 
 SAFE_CHARACTERS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 PROPERTY_SETTINGS = settings(max_examples=150, deadline=None,
@@ -136,9 +137,40 @@ def test_grid_png_streamed_in_chunks_equals_the_whole_grid(cells, padding, split
     grid = GridPng(len(cells), cells.shape[1:], padding=padding)
     for chunk in np.split(cells, sorted(min(s, len(cells)) for s in splits)):
         grid.add(chunk)
-    decoded = np.asarray(Image.open(io.BytesIO(grid.finish())))
+    decoded = np.asarray(Image.open(io.BytesIO(grid.finish()[0])))
     expected = convert_into_grid(cells, padding=padding)
     np.testing.assert_array_equal(decoded, expected.reshape(decoded.shape))
+
+
+def test_png_streamed_to_a_file_in_many_chunks_decodes_to_the_same_pixels(tmp_path, monkeypatch):
+    monkeypatch.setattr(write, "_IDAT_BYTES", 4096)
+    picture = np.random.default_rng(0).integers(0, 256, (300, 200, 3), dtype=np.uint8)
+    with open(tmp_path / "picture.png", "wb") as file:
+        stream = PngStream(*picture.shape, out=file)
+        for rows in np.array_split(picture, 7):
+            stream.write(rows)
+        assert stream.finish() is None
+    data = (tmp_path / "picture.png").read_bytes()
+    assert data.count(b"IDAT") > 3
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), picture)
+
+
+@PROPERTY_SETTINGS
+@given(picture=hnp.arrays(np.uint8, st.tuples(st.integers(1, 23), st.integers(1, 23), st.sampled_from([1, 3]))),
+       factor=st.integers(1, 6), splits=st.lists(st.integers(0, 23), max_size=4))
+def test_shrunk_png_holds_each_blocks_mean_whatever_the_row_grouping(picture, factor, splits):
+    shrunk = ShrunkPng(*picture.shape, factor)
+    for rows in np.split(picture, sorted(min(s, len(picture)) for s in splits)):
+        shrunk.write(rows)
+    decoded = np.asarray(Image.open(io.BytesIO(shrunk.finish())))
+    height, width = -(-picture.shape[0] // factor), -(-picture.shape[1] // factor)
+    expected = np.empty((height, width, picture.shape[2]))
+    for y in range(height):
+        for x in range(width):
+            block = picture[y * factor:(y + 1) * factor, x * factor:(x + 1) * factor]
+            expected[y, x] = block.reshape(-1, picture.shape[2]).mean(axis=0)
+    assert decoded.shape[:2] == shrunk.shape[:2] == (height, width)
+    assert np.abs(decoded.reshape(expected.shape).astype(float) - expected).max() <= 0.5 + 1e-3
 
 
 @PROPERTY_SETTINGS

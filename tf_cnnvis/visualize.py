@@ -20,8 +20,8 @@ from tf_cnnvis.load import load_model
 from tf_cnnvis.progress import progress_bar
 from tf_cnnvis.rebuild import check_method, rebuild
 from tf_cnnvis.utils import convert_into_grid, image_normalization, normalize_each
-from tf_cnnvis.write import (GridPng, SummaryWriter, encode_png, ensure_folder, inside, safe_names,
-                             write_atomic)
+from tf_cnnvis.write import (AtomicFile, GridPng, PngStream, ShrunkPng, SummaryWriter, encode_png,
+                             ensure_folder, grid_shape, inside, safe_names, summary_factor, write_atomic)
 
 logger = logging.getLogger("tf_cnnvis")
 
@@ -90,21 +90,90 @@ class _Writer:
     def image(self, layer: LayerInfo, parts: tuple[str, ...], filename: str, picture: np.ndarray,
               tag: str | None):
         """Encode ``picture`` once; write it to disk and queue it for TensorBoard."""
-        channels = 1 if picture.ndim == 2 else picture.shape[-1]
-        self.png(layer, parts, filename, encode_png(picture), picture.shape[:2] + (channels,), tag)
+        shape = picture.shape[:2] + (1 if picture.ndim == 2 else picture.shape[-1],)
+        factor = summary_factor(shape)
+        self.png(layer, parts, filename, encode_png(picture), shape, tag if factor == 1 else None)
+        if factor > 1 and tag is not None and self.summary is not None:
+            shrunk = ShrunkPng(*shape, factor)
+            shrunk.write(picture)
+            self.queue(tag, shrunk.finish(), shrunk.shape, self._reduced(shape, factor, layer, parts, filename))
 
     def png(self, layer: LayerInfo, parts: tuple[str, ...], filename: str, png: bytes, shape, tag: str | None):
         """Write encoded ``png`` of ``shape`` (H, W, C) to disk and queue it for TensorBoard."""
         if self.outdir is not None:
-            path = inside(self.outdir, self.folders[layer.name], *parts, filename)
-            self.result.paths.append(write_atomic(path, png))
-        if tag is not None and self.summary is not None:
-            self._pending[tag] = (png, *shape)
+            self.result.paths.append(write_atomic(self.path(layer, parts, filename), png))
+        if tag is not None:
+            self.queue(tag, png, shape)
+
+    def path(self, layer: LayerInfo, parts: tuple[str, ...], filename: str) -> str:
+        return inside(self.outdir, self.folders[layer.name], *parts, filename)
+
+    def queue(self, tag: str, png: bytes, shape, description: str = ""):
+        if self.summary is not None:
+            self._pending[tag] = (png, *shape, description)
+
+    def grid(self, layer: LayerInfo, parts: tuple[str, ...], filename: str, count: int, cell_shape,
+             tag: str) -> "_GridOutput":
+        """A grid of ``count`` cells, written as its cells arrive (see :class:`_GridOutput`)."""
+        return _GridOutput(self, layer, parts, filename, count, cell_shape, tag)
+
+    def _reduced(self, shape, factor: int, layer: LayerInfo, parts, filename) -> str:
+        where = f"; every pixel is in {self.path(layer, parts, filename)}" if self.outdir is not None else ""
+        return f"reduced {factor}x from {shape[1]}x{shape[0]} px{where}"
 
     def flush(self):
         if self.summary is not None and self._pending:
             self.summary.add_images(self._pending, self.step)
             self._pending = {}
+
+
+class _GridOutput:
+    """One grid picture, filled cell by cell and written by :meth:`finish`.
+
+    A grid within TensorBoard's size limit is encoded in memory and the
+    same bytes go to disk and to the event file. A larger one is encoded
+    straight into its (temporary) file, and TensorBoard gets a reduced copy
+    made from the same rows: a 4096-cell grid never sits in memory, whole or
+    compressed. :meth:`discard` removes the temporary file of a grid that
+    will not be finished.
+    """
+
+    def __init__(self, writer: _Writer, layer: LayerInfo, parts, filename: str, count: int, cell_shape,
+                 tag: str):
+        self.writer, self.layer, self.parts, self.filename, self.tag = writer, layer, parts, filename, tag
+        self.shape = grid_shape(count, cell_shape)
+        self.factor = summary_factor(self.shape)
+        self.file = None
+        outputs = []
+        if self.factor == 1:
+            outputs.append(PngStream(*self.shape))
+        else:
+            if writer.outdir is not None:
+                self.file = AtomicFile(writer.path(layer, parts, filename))
+                outputs.append(PngStream(*self.shape, out=self.file))
+            if writer.summary is not None:
+                outputs.append(ShrunkPng(*self.shape, self.factor))
+        self.outputs = outputs
+        self.grid = GridPng(count, cell_shape, outputs=outputs)
+
+    def add(self, cells: np.ndarray):
+        self.grid.add(cells)
+
+    def finish(self):
+        results = self.grid.finish()
+        writer = self.writer
+        if self.factor == 1:
+            writer.png(self.layer, self.parts, self.filename, results[0], self.shape, self.tag)
+            return
+        if self.file is not None:
+            writer.result.paths.append(self.file.commit())
+        if writer.summary is not None:
+            writer.queue(self.tag, results[-1], self.outputs[-1].shape,
+                         writer._reduced(self.shape, self.factor, self.layer, self.parts, self.filename))
+
+    def discard(self):
+        if self.file is not None:
+            self.file.discard()
 
 
 def _image_parts(index: int, count: int) -> tuple[str, ...]:
@@ -237,10 +306,14 @@ def deconv_visualization(graph_or_path=None, value_feed_dict=None, input_tensor=
         for name in methods:
             render = _Reconstructions(writer, layer, ("deconvolution", folder_of[name]), numbers, count,
                                       feed.images.shape[1:], keep_arrays, save_channels)
-            compute.reconstruct(rebuild(model, name), feed, layer, target=target, channels=channels,
-                                layer_values=values.get(layer.tensor), memory_budget_mb=memory_budget_mb,
-                                progress=bar.update, sink=render)
-            render.finish()
+            try:
+                compute.reconstruct(rebuild(model, name), feed, layer, target=target, channels=channels,
+                                    layer_values=values.get(layer.tensor), memory_budget_mb=memory_budget_mb,
+                                    progress=bar.update, sink=render)
+                render.finish()
+            except BaseException:
+                render.discard()  # no temporary file of a grid that will not be finished
+                raise
             writer.flush()  # one event per layer and method: one grid's bytes in memory at a time
             if keep_arrays:
                 result.arrays[layer.name][name] = render.arrays
@@ -264,7 +337,15 @@ class _Reconstructions:
         self.count, self.save_channels = count, save_channels
         self.arrays = np.zeros((count, len(numbers)) + tuple(image_shape), np.float32) if keep else None
         cell = tuple(image_shape[:2]) + (_display_channels(image_shape[-1]),)
-        self.grids = [GridPng(len(numbers), cell) for _ in range(count)] if writer.enabled else []
+        what = "/".join(parts)
+        self.grids = []
+        try:
+            for image in range(count if writer.enabled else 0):
+                self.grids.append(writer.grid(layer, parts + _image_parts(image, count), "grid_image.png",
+                                              len(numbers), cell, _tag(layer, what, image, count)))
+        except BaseException:
+            self.discard()
+            raise
 
     def __call__(self, image: int, first: int, values: np.ndarray):
         if self.arrays is not None:
@@ -280,10 +361,12 @@ class _Reconstructions:
                                   picture, None)
 
     def finish(self):
-        for image, grid in enumerate(self.grids):
-            what = "/".join(self.parts)
-            self.writer.png(self.layer, self.parts + _image_parts(image, self.count), "grid_image.png",
-                            grid.finish(), grid.shape, _tag(self.layer, what, image, self.count))
+        for grid in self.grids:
+            grid.finish()
+
+    def discard(self):
+        for grid in self.grids:
+            grid.discard()
 
 
 _SHOWN_CHANNELS = (1, 3, 4)  # grey, RGB, RGBA; any other count is shown as its mean

@@ -96,10 +96,12 @@ class PngStream:
     above) and compressed by zlib at level 1: grids of feature maps and
     reconstructions encode 2-6x faster than with Pillow's per-row filter
     search, at about the same size. Only the compressed bytes are kept, so
-    a grid of thousands of cells never has to exist in memory at once.
+    a grid of thousands of cells never has to exist in memory at once; with
+    ``out`` (a binary file) not even those: they go to the file in IDAT
+    chunks of about a megabyte as they come.
     """
 
-    def __init__(self, height: int, width: int, channels: int):
+    def __init__(self, height: int, width: int, channels: int, out=None):
         if channels not in _PNG_COLOR_TYPES or height < 1 or width < 1:
             raise ValueError(f"a PNG needs height, width >= 1 and 1, 3 or 4 channels; got "
                              f"{(height, width, channels)}")
@@ -107,9 +109,11 @@ class PngStream:
         self._rows_left = height
         self._previous = np.zeros(width * channels, np.uint8)
         self._zlib = zlib.compressobj(1)
-        self._header = [_PNG_SIGNATURE, *_png_chunk(b"IHDR", struct.pack(
+        self._out = out
+        self._pieces = [_PNG_SIGNATURE, *_png_chunk(b"IHDR", struct.pack(
             ">IIBBBBB", width, height, 8, _PNG_COLOR_TYPES[channels], 0, 0, 0))]
         self._data = []
+        self._data_size = 0
 
     def write(self, rows: np.ndarray):
         """Append rows of shape ``(k, width)`` or ``(k, width, channels)``, uint8."""
@@ -124,21 +128,43 @@ class PngStream:
             np.subtract(band[:1], self._previous[None], out=filtered[:1, 1:])
             np.subtract(band[1:], band[:-1], out=filtered[1:, 1:])  # uint8 wraps modulo 256, as PNG wants
             self._previous = band[-1].copy()
-            self._data.append(self._zlib.compress(filtered))
+            self._add_data(self._zlib.compress(filtered))
         self._rows_left -= len(rows)
 
-    def finish(self) -> bytes:
+    def _add_data(self, data: bytes):
+        self._data.append(data)
+        self._data_size += len(data)
+        if self._out is not None and self._data_size >= _IDAT_BYTES:
+            self._emit()
+
+    def _emit(self):
+        """Move the compressed data gathered so far into an IDAT chunk (to the file, if any)."""
+        if self._data:
+            self._pieces += _png_chunk(b"IDAT", *self._data)
+            self._data, self._data_size = [], 0
+        if self._out is not None:
+            for piece in self._pieces:
+                self._out.write(piece)
+            self._pieces = []
+
+    def finish(self) -> bytes | None:
+        """End the PNG: its bytes, or None when they went to ``out``."""
         if self._rows_left:
             raise ValueError(f"the PNG of shape {self.shape} still misses {self._rows_left} rows")
         self._data.append(self._zlib.flush())
-        # One IDAT chunk and a single join: a grid's compressed bytes are
-        # copied once, not once per concatenation.
-        pieces = [*self._header, *_png_chunk(b"IDAT", *self._data), *_png_chunk(b"IEND")]
-        self._data = []
-        return b"".join(pieces)
+        # In memory: one IDAT chunk and a single join, so a grid's compressed
+        # bytes are copied once, not once per concatenation.
+        self._emit()
+        self._pieces += _png_chunk(b"IEND")
+        if self._out is not None:
+            self._emit()
+            return None
+        png, self._pieces = b"".join(self._pieces), []
+        return png
 
 
 _PNG_BAND_ROWS = 256  # rows filtered at a time: bounds the filtered copy
+_IDAT_BYTES = 1 << 20  # compressed bytes gathered per IDAT chunk when writing to a file
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -152,21 +178,66 @@ def encode_png(image: np.ndarray) -> bytes:
     return stream.finish()
 
 
+class ShrunkPng:
+    """A PNG of the rows it is given, reduced ``factor`` times along both sides.
+
+    Each output pixel is the mean of its ``factor x factor`` block (fewer at
+    the right and bottom edges, where the picture does not fill a block).
+    Rows may arrive in any grouping; at most ``factor - 1`` wait for a block.
+    """
+
+    def __init__(self, height: int, width: int, channels: int, factor: int):
+        self.factor = int(factor)
+        self.stream = PngStream(-(-height // self.factor), -(-width // self.factor), channels)
+        self.shape = self.stream.shape
+        self._starts = np.arange(0, width, self.factor)
+        self._widths = np.diff(np.append(self._starts, width)).astype(np.float32)
+        self._waiting = np.empty((0, width, channels), np.uint8)
+
+    def write(self, rows: np.ndarray):
+        rows = np.concatenate([self._waiting, np.asarray(rows, np.uint8).reshape(
+            (-1,) + self._waiting.shape[1:])])
+        whole = len(rows) - len(rows) % self.factor
+        if whole:
+            self.stream.write(self._shrink(rows[:whole]))
+        self._waiting = rows[whole:]
+
+    def _shrink(self, rows: np.ndarray) -> np.ndarray:
+        blocks = rows.reshape((-1, min(self.factor, len(rows))) + rows.shape[1:]).sum(axis=1, dtype=np.float32)
+        sums = np.add.reduceat(blocks, self._starts, axis=1)
+        means = sums / (self._widths[:, None] * min(self.factor, len(rows)))
+        return np.rint(means).astype(np.uint8)
+
+    def finish(self) -> bytes:
+        if len(self._waiting):
+            self.stream.write(self._shrink(self._waiting))
+            self._waiting = self._waiting[:0]
+        return self.stream.finish()
+
+
+def grid_shape(count: int, cell_shape, padding: int = 1) -> tuple[int, int, int]:
+    """(height, width, channels) of ``convert_into_grid`` of ``count`` cells of ``cell_shape``."""
+    height, width, channels = cell_shape
+    columns, rows = grid_layout(count)
+    return rows * height + padding * (rows - 1), columns * width + padding * (columns - 1), channels
+
+
 class GridPng:
     """``encode_png(convert_into_grid(cells))``, built as the cells arrive in order.
 
     Holds one row of cells at a time: a grid of 4096 reconstructions at
-    224 px (600 MB as pixels) costs its compressed size.
+    224 px (600 MB as pixels) costs its compressed size, or nothing when its
+    rows go to a file. ``outputs`` receive the grid's rows (default: one
+    in-memory :class:`PngStream`); :meth:`finish` returns what each gives.
     """
 
-    def __init__(self, count: int, cell_shape, padding: int = 1, fill: int = 255):
+    def __init__(self, count: int, cell_shape, padding: int = 1, fill: int = 255, outputs=None):
         height, width, channels = cell_shape
-        self.columns, rows = grid_layout(count)
+        self.columns = grid_layout(count)[0]
         self.count, self.cell, self.padding, self.fill = count, (height, width), padding, fill
-        grid_width = self.columns * width + padding * (self.columns - 1)
-        self.stream = PngStream(rows * height + padding * (rows - 1), grid_width, channels)
-        self.shape = self.stream.shape
-        self._band = np.full((height, grid_width, channels), fill, np.uint8)
+        self.shape = grid_shape(count, cell_shape, padding)
+        self.outputs = [PngStream(*self.shape)] if outputs is None else list(outputs)
+        self._band = np.full((height, self.shape[1], channels), fill, np.uint8)
         self._added = 0
 
     def add(self, cells: np.ndarray):
@@ -183,17 +254,29 @@ class GridPng:
                 self._write_band(row)
 
     def _write_band(self, row: int):
-        if row > 0 and self.padding:
-            self.stream.write(np.full((self.padding,) + self._band.shape[1:], self.fill, np.uint8))
-        self.stream.write(self._band)
+        for output in self.outputs:
+            if row > 0 and self.padding:
+                output.write(np.full((self.padding,) + self._band.shape[1:], self.fill, np.uint8))
+            output.write(self._band)
         self._band[:] = self.fill
 
-    def finish(self) -> bytes:
+    def finish(self) -> list:
         if self._added != self.count:
             raise ValueError(f"the grid holds {self.count} cells; only {self._added} were added")
         if self.count == 0:  # like convert_into_grid: one empty cell
             self._write_band(0)
-        return self.stream.finish()
+        return [output.finish() for output in self.outputs]
+
+
+# TensorBoard receives pictures of at most this many pixels on a side; a
+# larger grid (4096 cells of 224 px make 14399 px) goes to the event file
+# reduced by a whole factor, while the PNG on disk keeps every pixel.
+SUMMARY_MAX_SIDE = 4096
+
+
+def summary_factor(shape) -> int:
+    """By how much a picture of ``shape`` (H, W, ...) is reduced for TensorBoard (1: not at all)."""
+    return max(1, -(-max(shape[:2]) // SUMMARY_MAX_SIDE))
 
 
 def ensure_folder(path: str, what: str) -> str:
@@ -209,31 +292,64 @@ def ensure_folder(path: str, what: str) -> str:
     return path
 
 
-def write_atomic(path: str, data: bytes) -> str:
-    """Write ``data`` to ``path`` via a temporary file and a rename.
+class AtomicFile:
+    """A file written under a temporary name and renamed to ``path`` by :meth:`commit`.
 
     The temporary file is named ``.tmp-<pid>-*.part``; one left behind by a
     process that was killed (it no longer runs) is removed the first time
-    this process writes into the same folder.
+    this process writes into the same folder. :meth:`discard` (or any
+    exception inside :meth:`commit`) removes it.
     """
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    _remove_stranded_temporaries(folder)
-    # The name is chosen before the file exists, so a Ctrl-C at any point
-    # below leaves nothing whose name this function does not know.
-    temporary = os.path.join(folder, f".tmp-{os.getpid()}-{secrets.token_hex(8)}.part")
-    try:
-        with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as stream:
-            stream.write(data)
-        os.chmod(temporary, 0o666 & ~_UMASK)
-        os.replace(temporary, path)
-    except BaseException:
+
+    def __init__(self, path: str):
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        _remove_stranded_temporaries(folder)
+        self.path = path
+        # The name is chosen before the file exists, so a Ctrl-C at any point
+        # leaves nothing whose name this object does not know.
+        self._temporary = os.path.join(folder, f".tmp-{os.getpid()}-{secrets.token_hex(8)}.part")
+        self._stream = None
         try:
-            os.unlink(temporary)
+            self._stream = open(os.open(self._temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+        except BaseException:
+            self.discard()
+            raise
+
+    def write(self, data: bytes):
+        self._stream.write(data)
+
+    def commit(self) -> str:
+        try:
+            self._stream.close()
+            os.chmod(self._temporary, 0o666 & ~_UMASK)
+            os.replace(self._temporary, self.path)
+        except BaseException:
+            self.discard()
+            raise
+        return self.path
+
+    def discard(self):
+        if self._stream is not None:
+            try:
+                self._stream.close()
+            except OSError:
+                pass
+        try:
+            os.unlink(self._temporary)
         except OSError:
             pass
+
+
+def write_atomic(path: str, data: bytes) -> str:
+    """Write ``data`` to ``path`` via a temporary file and a rename (see :class:`AtomicFile`)."""
+    file = AtomicFile(path)
+    try:
+        file.write(data)
+    except BaseException:
+        file.discard()
         raise
-    return path
+    return file.commit()
 
 
 _STRANDED = re.compile(r"^\.tmp-(\d+)-.*\.part$")
@@ -323,15 +439,16 @@ class SummaryWriter:
                 writer = cls._writers[key] = cls(key)
             return writer
 
-    def add_images(self, images: dict[str, tuple[bytes, int, int, int]], step: int):
-        """Write ``{tag: (png, height, width, channels)}`` as one event, then flush."""
+    def add_images(self, images: dict, step: int):
+        """Write ``{tag: (png, height, width, channels[, description])}`` as one event, then flush."""
         from tensorboard.compat.proto import event_pb2, summary_pb2
 
         values = []
-        for tag, (png, height, width, channels) in images.items():
+        for tag, (png, height, width, channels, *description) in images.items():
             image = summary_pb2.Summary.Image(height=height, width=width, colorspace=channels,
                                               encoded_image_string=png)
-            values.append(summary_pb2.Summary.Value(tag=tag, image=image))
+            metadata = summary_pb2.SummaryMetadata(summary_description=description[0] if description else "")
+            values.append(summary_pb2.Summary.Value(tag=tag, image=image, metadata=metadata))
         event = event_pb2.Event(wall_time=time.time(), step=int(step),
                                 summary=summary_pb2.Summary(value=values))
         record = event.SerializeToString()
