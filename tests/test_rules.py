@@ -329,3 +329,43 @@ def test_chunk_size_does_not_change_results(images):
     tiny = tf_cnnvis.deconv_visualization(model, images, layers=["conv2"], path_outdir=None,
                                           path_logdir=None, memory_budget_mb=0.01)["conv2"]["deconvnet"]
     np.testing.assert_allclose(big, tiny, rtol=1e-5, atol=1e-7)
+
+
+def test_chunk_sizes_come_from_one_measuring_run_per_graph_and_are_remembered(images, monkeypatch):
+    """Open shapes are measured for all layers at once; a repeated call measures nothing."""
+    model = small_keras_model(seed=7)
+    real_run = compute.run
+    measuring = []
+
+    def counting_run(rebuilt, fetches, feed_dict):
+        if isinstance(fetches, list) and fetches and all(getattr(f, "op", None) is not None
+                                                         and f.op.type == "Size" for f in fetches):
+            measuring.append(len(fetches))
+        return real_run(rebuilt, fetches, feed_dict)
+
+    monkeypatch.setattr(compute, "run", counting_run)
+    options = dict(layers="rp", method=["deconvnet", "guided"], path_outdir=None, path_logdir=None)
+    first = tf_cnnvis.deconv_visualization(model, images, **options)
+    assert len(first.layers) == 5 and len(measuring) == 2  # one run per method's graph, all layers in it
+    measuring.clear()
+    tf_cnnvis.deconv_visualization(model, images, **options)
+    assert measuring == []
+    tf_cnnvis.deconv_visualization(model, images[:, :12, :12], **options)  # another image size: measured anew
+    assert len(measuring) == 2
+
+
+def test_a_vectorized_backward_pass_counts_gradients_not_forward_tensors_per_item(images):
+    """One image's forward pass serves every item: an item's share is a few of the largest tensors."""
+    model = small_keras_model(seed=8)
+    rebuilt = rebuild(load_model(model), "guided")
+    (layer,) = select_layers(rebuilt.graph, load_model(model), ["conv3"])
+    feed = resolve_feed(load_model(model), rebuilt.graph, images, None)
+    sizes = compute.tensor_sizes(rebuilt, feed, [layer], images.shape[1:])[layer.tensor]
+    assert max(sizes) == 20 * 20 * 6 and len(sizes) > 8
+    budget_mb = 1.0
+    shared = compute.chunk_size(rebuilt, feed, layer, images.shape[1:], budget_mb, 10**6, shared_forward=True)
+    batched = compute.chunk_size(rebuilt, feed, layer, images.shape[1:], budget_mb, 10**6)
+    assert shared == 2**20 // ((max(sizes) * compute._GRADIENT_COPIES + 20 * 20 * 3) * 4)
+    assert batched == 2**20 // (sum(sizes) * 4 * compute._BACKWARD_FACTOR)
+    assert shared > batched
+

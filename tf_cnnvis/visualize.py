@@ -299,6 +299,9 @@ def deconv_visualization(graph_or_path=None, value_feed_dict=None, input_tensor=
     count = feed.images.shape[0]
     folder_of = {name: name if target == "map" else f"{name}_unit" for name in methods}
     per_layer = [layer.channels if channels is None else len(np.atleast_1d(channels)) for layer in chosen]
+    if target == "map":  # the sizes every layer's chunk is chosen from, in one run per graph
+        for name in methods:
+            compute.tensor_sizes(rebuild(model, name), feed, chosen, feed.images.shape[1:])
     bar = progress_bar(progress, count * len(methods) * sum(per_layer), "reconstructions")
     for layer in chosen:
         result.arrays[layer.name] = {}
