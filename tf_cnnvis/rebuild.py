@@ -529,6 +529,11 @@ class RebuiltGraph:
             else:
                 index = tf.compat.v1.placeholder(tf.int32, [None, rank - 1], name="unit")
 
+            if kind == "map":
+                head = _channelwise_head(act.op, depends_on_inputs(self.graph, [input_tensor]))
+                if head is not None:
+                    return index, self._map_through_head(act, head, image, index, gradient)
+
             def one_item(item):
                 if kind == "map":
                     mask = tf.reshape(tf.one_hot(item, tf.shape(act)[-1], dtype=act.dtype),
@@ -548,8 +553,67 @@ class RebuiltGraph:
 
             return index, tf.vectorized_map(one_item, index)
 
+    def _map_through_head(self, act, conv, image, index, gradient):
+        """Whole-map reconstructions that start below the convolution ``conv``.
+
+        Between ``conv`` and the layer every op is channel-wise, so channel
+        c's seed (ones on map c) is still zero off channel c when it reaches
+        ``conv``'s output: all seeds get there in one backward pass of an
+        all-ones seed (``head``, one map per channel). Through ``conv`` the
+        item of channel c is then the convolution of its one map with the
+        flipped kernel's slice c: a depthwise convolution for the whole
+        chunk, ``C_out`` times less work than a full backward convolution
+        per item. Only the rest of the network runs vectorized per item.
+        """
+        if act is conv.outputs[0]:
+            head = tf.ones_like(act)
+        else:
+            head = tf.gradients(act, conv.outputs[0], grad_ys=tf.ones_like(act))[0]
+        # The convolution's batch is the image's, or a rearrangement of it
+        # (space-to-batch around a dilated convolution): M below.
+        maps = tf.gather(head, index, axis=3)  # (M, H, W, B)
+        kernels = tf.gather(_forward_part(conv, _flipped_kernel), index, axis=2)  # (kh, kw, B, C_in)
+        maps = tf.pad(maps, _transposed_padding(conv))
+        seeds = tf.nn.depthwise_conv2d(maps, kernels, [1, 1, 1, 1], "VALID")  # (M, H', W', B * C_in)
+        size = tf.shape(seeds)
+        seeds = tf.reshape(seeds, tf.stack([size[0], size[1], size[2], tf.shape(index)[0],
+                                            tf.shape(kernels)[3]]))
+        seeds = tf.transpose(seeds, [3, 0, 1, 2, 4])  # (B, M, H', W', C_in)
+        below = conv.inputs[0]
+        if below is image:
+            return seeds[:, 0]
+        return tf.vectorized_map(lambda seed: gradient(below, grad_ys=seed)[0], seeds)
+
     def close(self):
         self.session.close()
+
+
+# Ops that keep a gradient on channel c on channel c (given their rules).
+_CHANNELWISE = frozenset({"Identity", "BiasAdd", "Relu", "Relu6", "Elu", "Selu", "LeakyRelu", "MaxPool",
+                          "AvgPool", "Add", "AddV2"})
+
+
+def _channelwise_head(op, dependent: set[str]):
+    """The stride-1 Conv2D below ``op`` when only channel-wise ops lie between them, else None."""
+    while op.type != "Conv2D":
+        moving = [tensor for tensor in op.inputs if tensor.op.name in dependent]
+        if op.type not in _CHANNELWISE or len(moving) != 1:
+            return None
+        if op.type in ("MaxPool", "AvgPool") and (op.get_attr("ksize")[3] != 1
+                                                  or op.get_attr("data_format") != b"NHWC"):
+            return None
+        if op.type == "BiasAdd" and op.get_attr("data_format") != b"NHWC":
+            return None
+        if op.type in ("Add", "AddV2"):  # a bias: the other operand is (1, ..., 1, C) or (C,)
+            other = next(tensor for tensor in op.inputs if tensor is not moving[0])
+            dims = other.shape.as_list() if other.shape.rank is not None else None
+            if dims is None or None in dims or any(d != 1 for d in dims[:-1]) or \
+                    not moving[0].shape.is_compatible_with(op.outputs[0].shape):
+                return None
+        op = moving[0].op
+    if _transposed_padding(op) is None or op.inputs[0].op.name not in dependent:
+        return None
+    return op
 
 
 _CACHE: collections.OrderedDict[tuple[str, str], RebuiltGraph] = collections.OrderedDict()
