@@ -41,6 +41,7 @@ _BACKWARD_FACTOR = 3
 # the deconvnet rules, 512 channels: about 7 (3.24 GB peak at 4, 1.77 GB at 8).
 _GRADIENT_COPIES = 8
 
+
 def run(rebuilt: RebuiltGraph, fetches, feed_dict):
     """``session.run`` with feed errors turned into a FeedError that names the input."""
     try:

@@ -481,7 +481,7 @@ class RebuiltGraph:
         """
         def build():
             own = {node.name for node in self.model.graph_def.node}
-            dependent = depends_on_inputs(self.graph, [input_tensor])
+            dependent = self.dependent_ops(input_tensor)
             needed, seen, stack = set(), set(), [fetch.op]
             while stack:
                 op = stack.pop()
@@ -499,6 +499,15 @@ class RebuiltGraph:
             return sorted(needed)
 
         return self.cached(("forward tensors", fetch.name, input_tensor), build)
+
+    def dependent_ops(self, input_tensor: str) -> set[str]:
+        """Names of the model's ops that depend on ``input_tensor`` (computed once per input).
+
+        Ops added later (backward passes) are not in it; it answers for the
+        model's own ops.
+        """
+        return self.cached(("dependent ops", input_tensor),
+                           lambda: depends_on_inputs(self.graph, [input_tensor]))
 
     def cached(self, key, build):
         """Ops built once per graph by ``build()`` and reused afterwards."""
@@ -526,13 +535,11 @@ class RebuiltGraph:
                 return index, gradient(tf.reduce_sum(tf.gather_nd(act, tf.concat([rows, index], axis=1))))
             if kind == "map":
                 index = tf.compat.v1.placeholder(tf.int32, [None], name="channel")
-            else:
-                index = tf.compat.v1.placeholder(tf.int32, [None, rank - 1], name="unit")
-
-            if kind == "map":
-                head = _channelwise_head(act.op, depends_on_inputs(self.graph, [input_tensor]))
+                head = _channelwise_head(act.op, self.dependent_ops(input_tensor))
                 if head is not None:
                     return index, self._map_through_head(act, head, image, index, gradient)
+            else:
+                index = tf.compat.v1.placeholder(tf.int32, [None, rank - 1], name="unit")
 
             def one_item(item):
                 if kind == "map":

@@ -96,7 +96,8 @@ class _Writer:
         if factor > 1 and tag is not None and self.summary is not None:
             shrunk = ShrunkPng(*shape, factor)
             shrunk.write(picture)
-            self.queue(tag, shrunk.finish(), shrunk.shape, self._reduced(shape, factor, layer, parts, filename))
+            self.queue(tag, shrunk.finish(), shrunk.shape,
+                       self.reduction_note(shape, factor, layer, parts, filename))
 
     def png(self, layer: LayerInfo, parts: tuple[str, ...], filename: str, png: bytes, shape, tag: str | None):
         """Write encoded ``png`` of ``shape`` (H, W, C) to disk and queue it for TensorBoard."""
@@ -117,7 +118,8 @@ class _Writer:
         """A grid of ``count`` cells, written as its cells arrive (see :class:`_GridOutput`)."""
         return _GridOutput(self, layer, parts, filename, count, cell_shape, tag)
 
-    def _reduced(self, shape, factor: int, layer: LayerInfo, parts, filename) -> str:
+    def reduction_note(self, shape, factor: int, layer: LayerInfo, parts, filename) -> str:
+        """The TensorBoard description of a picture of ``shape`` shown ``factor`` times smaller."""
         where = f"; every pixel is in {self.path(layer, parts, filename)}" if self.outdir is not None else ""
         return f"reduced {factor}x from {shape[1]}x{shape[0]} px{where}"
 
@@ -169,7 +171,7 @@ class _GridOutput:
             writer.result.paths.append(self.file.commit())
         if writer.summary is not None:
             writer.queue(self.tag, results[-1], self.outputs[-1].shape,
-                         writer._reduced(self.shape, self.factor, self.layer, self.parts, self.filename))
+                         writer.reduction_note(self.shape, self.factor, self.layer, self.parts, self.filename))
 
     def discard(self):
         if self.file is not None:

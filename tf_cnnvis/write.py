@@ -203,10 +203,11 @@ class ShrunkPng:
         self._waiting = rows[whole:]
 
     def _shrink(self, rows: np.ndarray) -> np.ndarray:
-        blocks = rows.reshape((-1, min(self.factor, len(rows))) + rows.shape[1:]).sum(axis=1, dtype=np.float32)
+        """Rows (a multiple of ``factor``, or the last few) reduced to their block means."""
+        height = min(self.factor, len(rows))
+        blocks = rows.reshape((-1, height) + rows.shape[1:]).sum(axis=1, dtype=np.float32)
         sums = np.add.reduceat(blocks, self._starts, axis=1)
-        means = sums / (self._widths[:, None] * min(self.factor, len(rows)))
-        return np.rint(means).astype(np.uint8)
+        return np.rint(sums / (self._widths[:, None] * height)).astype(np.uint8)
 
     def finish(self) -> bytes:
         if len(self._waiting):
