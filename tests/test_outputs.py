@@ -122,7 +122,7 @@ def block_means(picture, factor):
 
 
 def test_grids_beyond_tensorboards_size_limit_stream_to_disk_and_shrink_for_tensorboard(
-        tmp_path, images, monkeypatch):
+        tmp_path, images, monkeypatch, caplog):
     """Past SUMMARY_MAX_SIDE a grid is encoded into its file as it fills; TensorBoard gets
     each block's mean and a description saying so."""
     model = small_keras_model()
@@ -157,6 +157,8 @@ def test_grids_beyond_tensorboards_size_limit_stream_to_disk_and_shrink_for_tens
     accumulator = event_accumulator.EventAccumulator(str(log))
     accumulator.Reload()
     description = accumulator.SummaryMetadata("conv2/deconvolution/guided/image_000").summary_description
+    assert not [record for record in caplog.records if "not associated with a plugin" in record.getMessage()]
+    assert accumulator.SummaryMetadata("conv2/deconvolution/guided/image_000").plugin_data.plugin_name == "images"
     assert description.startswith("reduced 3x from 62x62 px; every pixel is in ") and \
         description.endswith(os.path.join("image_000", "grid_image.png"))
 

@@ -443,13 +443,17 @@ class SummaryWriter:
     def add_images(self, images: dict, step: int):
         """Write ``{tag: (png, height, width, channels[, description])}`` as one event, then flush."""
         from tensorboard.compat.proto import event_pb2, summary_pb2
+        from tensorboard.plugins.image.metadata import create_summary_metadata
 
         values = []
         for tag, (png, height, width, channels, *description) in images.items():
             image = summary_pb2.Summary.Image(height=height, width=width, colorspace=channels,
                                               encoded_image_string=png)
-            metadata = summary_pb2.SummaryMetadata(summary_description=description[0] if description else "")
-            values.append(summary_pb2.Summary.Value(tag=tag, image=image, metadata=metadata))
+            value = summary_pb2.Summary.Value(tag=tag, image=image)
+            if description and description[0]:
+                # Metadata names its plugin: TensorBoard warns about metadata without one.
+                value.metadata.CopyFrom(create_summary_metadata(tag, description[0]))
+            values.append(value)
         event = event_pb2.Event(wall_time=time.time(), step=int(step),
                                 summary=summary_pb2.Summary(value=values))
         record = event.SerializeToString()
