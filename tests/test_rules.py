@@ -374,6 +374,7 @@ def test_a_vectorized_backward_pass_counts_gradients_not_forward_tensors_per_ite
 def test_whole_maps_through_the_channelwise_head_equal_the_per_item_backward_pass(images, method, monkeypatch):
     """Below a layer, ops up to the first convolution keep channels apart: all seeds cross them
     in one pass and the convolution as one depthwise convolution. Same result as per item."""
+    from tf_cnnvis import backward as backward_module
     from tf_cnnvis import rebuild as rebuild_module
     from tf_cnnvis.layers import depends_on_inputs
 
@@ -382,12 +383,12 @@ def test_whole_maps_through_the_channelwise_head_equal_the_per_item_backward_pas
     feed = resolve_feed(model, rebuilt.graph, images, None)
     layers = select_layers(rebuilt.graph, model, "rpc")
     dependent = depends_on_inputs(rebuilt.graph, [feed.input_name])
-    heads = {layer.name: rebuild_module._channelwise_head(rebuilt.graph.get_tensor_by_name(layer.tensor).op,
+    heads = {layer.name: backward_module.channelwise_head(rebuilt.graph.get_tensor_by_name(layer.tensor).op,
                                                            dependent) for layer in layers}
     assert {"conv1", "pool1", "conv2", "pool2", "conv3"} <= set(heads) and None not in heads.values()
     fast = {layer.name: compute.reconstruct(rebuilt, feed, layer, channels=[0, 3, 5]) for layer in layers}
     rebuild_module.clear_cache()
-    monkeypatch.setattr(rebuild_module, "_channelwise_head", lambda op, dependent: None)
+    monkeypatch.setattr(rebuild_module, "channelwise_head", lambda op, dependent: None)
     rebuilt = rebuild(model, method)
     for layer in layers:
         slow = compute.reconstruct(rebuilt, feed, layer, channels=[0, 3, 5])
@@ -397,7 +398,7 @@ def test_whole_maps_through_the_channelwise_head_equal_the_per_item_backward_pas
 
 
 def test_the_channelwise_head_stops_at_ops_that_mix_channels_or_strided_convolutions():
-    from tf_cnnvis import rebuild as rebuild_module
+    from tf_cnnvis import backward as backward_module
     from tf_cnnvis.layers import depends_on_inputs
 
     graph = tf.Graph()
@@ -409,6 +410,6 @@ def test_the_channelwise_head_stops_at_ops_that_mix_channels_or_strided_convolut
         strided = tf.nn.relu(tf.nn.conv2d(x, kernel, 2, "SAME"))
         spatial_bias = tf.nn.relu(tf.nn.conv2d(x, kernel, 1, "SAME") + np.ones((1, 5, 5, 4), np.float32))
     dependent = depends_on_inputs(graph, ["x:0"])
-    assert rebuild_module._channelwise_head(plain.op, dependent).name == "plain"
+    assert backward_module.channelwise_head(plain.op, dependent).name == "plain"
     for tensor in (mixed, strided, spatial_bias):
-        assert rebuild_module._channelwise_head(tensor.op, dependent) is None
+        assert backward_module.channelwise_head(tensor.op, dependent) is None

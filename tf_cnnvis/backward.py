@@ -1,0 +1,278 @@
+"""Backward passes for a batch of items that share one image's forward pass.
+
+A chunk of reconstructions of one image (one per channel or unit) differs
+only in the seed at the layer. :func:`batched_gradient` takes the seeds as
+one ``(B, ...)`` tensor and walks the ops between the layer and the image
+from the top down, applying each op's rule to the whole batch: the forward
+values (batch 1) are broadcast against it. Building this costs a few ops
+per layer of the network, where a parallel-for conversion of ``tf.gradients``
+costs a graph rewrite per layer and target.
+
+The walk covers the ops of common CNNs (convolutions, biases, rectifiers,
+pooling, padding, concatenation, flattening, dense layers, element-wise
+arithmetic with weights); a path with any other op gets None, and the
+caller falls back to the parallel-for pass. Rules come from
+:mod:`tf_cnnvis.rules`, so both passes compute the same thing. One step is
+fused: a max-pool over a ReLU goes back in one select (see
+:func:`tf_cnnvis.rules.pool_over_relu`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from tf_cnnvis.rules import (RULES, Switches, flipped_kernel, forward_part, pool_over_relu, sizes_of_batch,
+                             transposed_padding)
+
+_PASS_THROUGH = frozenset({"Identity", "BiasAdd"})
+_ARITHMETIC = frozenset({"Add", "AddV2", "Sub", "Mul", "RealDiv"})
+_RECTIFIERS = frozenset({"Relu", "Relu6", "Elu", "Selu", "LeakyRelu", "LRN"})
+
+
+def batched_gradient(top, seeds, image, method: str, dependent: set[str], negative: frozenset = frozenset()):
+    """The image gradients of ``top`` for a batch of seeds, or None when an op has no batched rule.
+
+    ``seeds``: ``(B, *top.shape[1:])``, item b the upstream gradient of
+    item b at ``top``; ``top`` and ``image`` have batch 1. ``dependent``:
+    the names of the ops that depend on ``image``; ``negative``: the
+    negative-branch ReLUs of PReLU layers. Returns ``(B, *image.shape[1:])``
+    (zeros where ``top`` does not depend on the image).
+    """
+    path = _path(top, image, dependent)
+    if path is None:
+        return None
+    consumers = {}
+    for op in path:
+        for tensor in op.inputs:
+            consumers.setdefault(tensor.name, []).append(op)
+    for op in path:
+        kind = "PReLUNegative" if op.name in negative else op.type
+        if not _batchable(op, kind, method, dependent):
+            return None
+    pending = {top.name: [seeds]}
+    fused = set()
+    for op in path:
+        arrived = [pending.pop(tensor.name, None) for tensor in op.outputs]
+        if op.name in fused or arrived[0] is None:
+            continue
+        grad = tf.add_n(arrived[0]) if len(arrived[0]) > 1 else arrived[0][0]
+        below = _fusable_relu(op, top, negative, consumers)
+        if below is not None:  # max-pool over ReLU: both in one step
+            fused.add(below.name)
+            pending.setdefault(below.inputs[0].name, []).append(pool_over_relu(method, op, grad))
+            continue
+        kind = "PReLUNegative" if op.name in negative else op.type
+        for index, value in _backward(op, kind, grad, method, dependent).items():
+            pending.setdefault(op.inputs[index].name, []).append(value)
+    reached = pending.get(image.name)
+    if reached is None:
+        return tf.zeros(sizes_of_batch(image, seeds), image.dtype)
+    return tf.add_n(reached) if len(reached) > 1 else reached[0]
+
+
+def _path(top, image, dependent):
+    """The ops between ``image`` and ``top``, top first (None if an op has two outputs on it)."""
+    names, stack = set(), [top.op]
+    while stack:
+        op = stack.pop()
+        if op.name in names or op.name not in dependent or op is image.op:
+            continue
+        names.add(op.name)
+        stack.extend(tensor.op for tensor in op.inputs)
+    path = [op for op in reversed(top.graph.get_operations()) if op.name in names]
+    used = {tensor.name for op in path for tensor in op.inputs} | {top.name}
+    if any(tensor.name in used for op in path for tensor in op.outputs[1:]):
+        return None
+    return path
+
+
+def _fusable_relu(op, top, negative, consumers):
+    """The ReLU right below the max-pool ``op`` when both steps can go as one, else None."""
+    if op.type != "MaxPool" or not Switches.applies(op):
+        return None
+    relu = op.inputs[0].op
+    if (relu.type != "Relu" or relu.name in negative or op.inputs[0] is top
+            or [c.name for c in consumers.get(op.inputs[0].name, [])] != [op.name]):
+        return None
+    return relu
+
+
+def _moving(op, dependent):
+    return [i for i, tensor in enumerate(op.inputs) if tensor.op.name in dependent]
+
+
+def _batchable(op, kind: str, method: str, dependent) -> bool:
+    """Whether ``op`` has a rule here that is right for a batch of items."""
+    moving = _moving(op, dependent)
+    if kind in _PASS_THROUGH:
+        return moving == [0]
+    if kind in _RECTIFIERS or kind == "PReLUNegative":
+        return kind in RULES[method] and moving == [0]
+    if kind == "MaxPool":
+        return Switches.applies(op)
+    if kind in ("AvgPool", "Conv2D", "DepthwiseConv2dNative"):
+        return moving == [0]
+    if kind in _ARITHMETIC:
+        if kind in ("Mul", "RealDiv") and len(moving) != 1 or kind == "RealDiv" and moving != [0]:
+            return False
+        rank = op.outputs[0].shape.rank
+        return rank is not None and all(
+            op.inputs[i].shape.rank == rank if i in moving else _weight_broadcasts(op.inputs[i], rank)
+            for i in range(2))
+    if kind in ("Pad", "PadV2"):
+        paddings = tf.get_static_value(op.inputs[1])
+        return moving == [0] and paddings is not None and not np.any(paddings[0])
+    if kind == "ConcatV2":
+        axis = tf.get_static_value(op.inputs[-1])
+        rank = op.outputs[0].shape.rank
+        return axis is not None and rank is not None and int(axis) % rank != 0 and len(moving) >= 1
+    if kind == "Reshape":
+        before, after = op.inputs[0].shape, op.outputs[0].shape
+        return (moving == [0] and before.rank is not None and after.rank is not None
+                and before[1:].is_fully_defined() and after[1:].is_fully_defined()
+                and before[1:].num_elements() == after[1:].num_elements())
+    if kind == "MatMul":
+        return moving == [0] and not op.get_attr("transpose_a")
+    if kind == "Mean":
+        axes = tf.get_static_value(op.inputs[1])
+        rank = op.inputs[0].shape.rank
+        return (moving == [0] and axes is not None and rank is not None
+                and 0 not in {int(a) % rank for a in np.atleast_1d(axes)})
+    return False
+
+
+def _weight_broadcasts(tensor, rank: int) -> bool:
+    """A weight operand that broadcasts over the batch: rank below the output's or batch size 1."""
+    other = tensor.shape.rank
+    return other is not None and (other < rank or other == rank and tensor.shape[0] == 1)
+
+
+def _backward(op, kind: str, grad, method: str, dependent) -> dict[int, tf.Tensor]:
+    """Input index -> gradient, for the inputs of ``op`` that depend on the image."""
+    if kind in _PASS_THROUGH:
+        return {0: grad}
+    if kind in _RECTIFIERS or kind in ("PReLUNegative", "MaxPool", "Conv2D"):
+        result = RULES[method][kind](op, grad)
+        return {0: result[0] if isinstance(result, tuple) else result}
+    if kind == "AvgPool":
+        return {0: tf.raw_ops.AvgPoolGrad(orig_input_shape=sizes_of_batch(op.inputs[0], grad), grad=grad,
+                                          ksize=op.get_attr("ksize"), strides=op.get_attr("strides"),
+                                          padding=op.get_attr("padding"), data_format=op.get_attr("data_format"))}
+    if kind == "DepthwiseConv2dNative":
+        return {0: tf.raw_ops.DepthwiseConv2dNativeBackpropInput(
+            input_sizes=sizes_of_batch(op.inputs[0], grad), filter=op.inputs[1], out_backprop=grad,
+            strides=op.get_attr("strides"), padding=op.get_attr("padding"),
+            explicit_paddings=op.get_attr("explicit_paddings"), data_format=op.get_attr("data_format"),
+            dilations=op.get_attr("dilations"))}
+    if kind in _ARITHMETIC:
+        return _arithmetic(op, grad, _moving(op, dependent))
+    if kind in ("Pad", "PadV2"):
+        before = tf.get_static_value(op.inputs[1])[:, 0]
+        return {0: tf.slice(grad, np.asarray(before, np.int64).astype(np.int32),
+                            sizes_of_batch(op.inputs[0], grad))}
+    if kind == "ConcatV2":
+        axis = int(tf.get_static_value(op.inputs[-1])) % op.outputs[0].shape.rank
+        values = op.inputs[:-1]
+        parts = tf.split(grad, tf.stack([tf.shape(t)[axis] for t in values]), axis=axis, num=len(values))
+        return {i: parts[i] for i in _moving(op, dependent)}
+    if kind == "Reshape":
+        return {0: tf.reshape(grad, [-1] + op.inputs[0].shape[1:].as_list())}
+    if kind == "MatMul":
+        return {0: tf.linalg.matmul(grad, op.inputs[1], transpose_b=not op.get_attr("transpose_b"))}
+    if kind == "Mean":
+        x = op.inputs[0]
+        axes = sorted({int(a) % x.shape.rank for a in np.atleast_1d(tf.get_static_value(op.inputs[1]))})
+        if not op.get_attr("keep_dims"):
+            grad = tf.expand_dims(grad, axes[0]) if len(axes) == 1 else _expand(grad, axes)
+        count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), axes)), grad.dtype)
+        return {0: tf.broadcast_to(grad, sizes_of_batch(x, grad)) / count}
+    raise AssertionError(f"no batched rule for {kind}")  # _batchable said yes
+
+
+def _expand(grad, axes):
+    for axis in axes:
+        grad = tf.expand_dims(grad, axis)
+    return grad
+
+
+def _arithmetic(op, grad, moving):
+    """Add, Sub, Mul, RealDiv with a weight (or, for sums, two moving operands)."""
+    out = op.outputs[0]
+    result = {}
+    for i in moving:
+        other = op.inputs[1 - i]
+        if op.type == "Mul":
+            value = grad * other
+        elif op.type == "RealDiv":
+            value = grad / other
+        elif op.type == "Sub" and i == 1:
+            value = -grad
+        else:
+            value = grad
+        result[i] = _to_shape_of(value, op.inputs[i], out)
+    return result
+
+
+def _to_shape_of(grad, tensor, out):
+    """``grad`` (the batch, shaped like ``out``) summed down to ``tensor``'s shape per item.
+
+    A moving operand that the op broadcast (a statistic of shape
+    ``(1, 1, 1, C)`` scaling a map, say) gets the sum over the axes it was
+    broadcast along; the batch axis is kept.
+    """
+    if all(a is not None and a == b for a, b in zip(tensor.shape[1:], out.shape[1:])):
+        return grad
+    axes, _ = tf.raw_ops.BroadcastGradientArgs(s0=tf.shape(tensor)[1:], s1=tf.shape(out)[1:])
+    return tf.reshape(tf.reduce_sum(grad, axes + 1), sizes_of_batch(tensor, grad))
+
+
+# Ops that keep a gradient on channel c on channel c (given their rules).
+_CHANNELWISE = frozenset({"Identity", "BiasAdd", "Relu", "Relu6", "Elu", "Selu", "LeakyRelu", "MaxPool",
+                          "AvgPool", "Add", "AddV2"})
+
+
+def channelwise_head(op, dependent: set[str]):
+    """The stride-1 Conv2D below ``op`` when only channel-wise ops lie between them, else None."""
+    while op.type != "Conv2D":
+        moving = [tensor for tensor in op.inputs if tensor.op.name in dependent]
+        if op.type not in _CHANNELWISE or len(moving) != 1:
+            return None
+        if op.type in ("MaxPool", "AvgPool") and (op.get_attr("ksize")[3] != 1
+                                                  or op.get_attr("data_format") != b"NHWC"):
+            return None
+        if op.type == "BiasAdd" and op.get_attr("data_format") != b"NHWC":
+            return None
+        if op.type in ("Add", "AddV2"):  # a bias: the other operand is (1, ..., 1, C) or (C,)
+            other = next(tensor for tensor in op.inputs if tensor is not moving[0])
+            dims = other.shape.as_list() if other.shape.rank is not None else None
+            if dims is None or None in dims or any(d != 1 for d in dims[:-1]) or \
+                    not moving[0].shape.is_compatible_with(op.outputs[0].shape):
+                return None
+        op = moving[0].op
+    if transposed_padding(op) is None or op.inputs[0].op.name not in dependent:
+        return None
+    return op
+
+
+def seeds_below_head(head, conv, index):
+    """Each channel's seed below the convolution ``conv``, one depthwise convolution for all.
+
+    ``head``: the gradient at ``conv``'s output of an all-ones seed at the
+    layer (one map per channel, ``(M, H, W, C_out)``); ``index``: ``[B]``
+    channel numbers. Between ``conv`` and the layer every op is
+    channel-wise, so channel c's seed is still zero off channel c when it
+    reaches ``conv``'s output. Through ``conv`` item c is then the
+    convolution of its one map with the flipped kernel's slice c: a
+    depthwise convolution for the whole chunk, ``C_out`` times less work
+    than a full backward convolution per item. Returns ``(B, M, H', W',
+    C_in)``; ``M`` is the image's batch or a rearrangement of it
+    (space-to-batch around a dilated convolution).
+    """
+    maps = tf.gather(head, index, axis=3)  # (M, H, W, B)
+    kernels = tf.gather(forward_part(conv, flipped_kernel), index, axis=2)  # (kh, kw, B, C_in)
+    maps = tf.pad(maps, transposed_padding(conv))
+    seeds = tf.nn.depthwise_conv2d(maps, kernels, [1, 1, 1, 1], "VALID")  # (M, H', W', B * C_in)
+    size = tf.shape(seeds)
+    seeds = tf.reshape(seeds, tf.stack([size[0], size[1], size[2], tf.shape(index)[0], tf.shape(kernels)[3]]))
+    return tf.transpose(seeds, [3, 0, 1, 2, 4])
