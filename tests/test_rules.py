@@ -413,3 +413,93 @@ def test_the_channelwise_head_stops_at_ops_that_mix_channels_or_strided_convolut
     assert backward_module.channelwise_head(plain.op, dependent).name == "plain"
     for tensor in (mixed, strided, spatial_bias):
         assert backward_module.channelwise_head(tensor.op, dependent) is None
+
+
+def layer_zoo_model(seed=0):
+    """A small Keras model with one of each op the batched backward pass knows."""
+    import keras
+    from keras import layers as L
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((16, 16, 3), name="image")
+    x = L.Rescaling(0.5, offset=-0.25)(inputs)
+    x = L.ZeroPadding2D(1)(x)
+    x = L.Conv2D(6, 3, name="conv1")(x)
+    x = L.BatchNormalization(name="bn")(x)
+    x = L.ReLU(name="relu1")(x)
+    x = L.MaxPooling2D(2, name="pool1")(x)  # over a ReLU: fused
+    a = L.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    a = L.LeakyReLU(negative_slope=0.2, name="leaky")(a)
+    b = L.Conv2D(6, 1, activation="elu", name="conv_b")(x)
+    x = L.Concatenate(name="cat")([a, b])
+    x = L.Add(name="residual")([x, L.Conv2D(12, 3, padding="same", name="conv2")(x)])
+    x = L.AveragePooling2D(2, name="avg")(x)
+    excite = L.Conv2D(12, 1, activation="sigmoid", name="excite")(
+        L.GlobalAveragePooling2D(keepdims=True, name="squeeze")(x))
+    x = L.Activation("tanh", name="tanh")(L.Multiply(name="scale")([x, excite]))  # a product of two maps
+    x = L.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="strided")(x)
+    x = L.Concatenate(name="cat2")([L.GlobalAveragePooling2D(name="gap")(x), L.Flatten(name="flat")(x)])
+    model = keras.Model(inputs, L.Dense(5, activation="relu", name="dense")(x))
+    bn = model.get_layer("bn")  # statistics away from the identity
+    rng = np.random.default_rng(seed)
+    bn.set_weights([w + rng.uniform(0.5, 1.5, w.shape).astype(np.float32) for w in bn.get_weights()])
+    return model
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_batched_backward_pass_equals_the_parallel_for_pass(method, monkeypatch):
+    """Every layer of a model with many op types goes through the batched pass (no parallel-for)
+    and gives what the per-item parallel-for pass over TensorFlow's gradient machinery gives."""
+    from tf_cnnvis import rebuild as rebuild_module
+
+    model = load_model(layer_zoo_model())
+    x = np.random.default_rng(0).uniform(0, 1, (1, 16, 16, 3)).astype(np.float32)
+    real = rebuild_module.batched_gradient
+    unbatched = []
+
+    def watched(top, *args):
+        result = real(top, *args)
+        if result is None:
+            unbatched.append(top.name)
+        return result
+
+    def results():
+        rebuilt = rebuild(model, method)
+        feed = resolve_feed(model, rebuilt.graph, x, None)
+        layers = select_layers(rebuilt.graph, model, "rpc") + select_layers(rebuilt.graph, model, ["dense"])
+        values = compute.activations(rebuilt, feed, layers)
+        out = {(layer.name, target): compute.reconstruct(rebuilt, feed, layer, target=target, channels=[1, 2],
+                                                         layer_values=values[layer.tensor], crop=False)
+               for layer in layers for target in ("map", "unit")}
+        rebuild_module.clear_cache()
+        return out
+
+    monkeypatch.setattr(rebuild_module, "batched_gradient", watched)
+    batched = results()
+    assert len(batched) >= 2 * 12 and unbatched == []
+    monkeypatch.setattr(rebuild_module, "batched_gradient", lambda *args: None)
+    per_item = results()
+    nonzero = 0
+    for key, expected in per_item.items():
+        nonzero += np.abs(expected).max() > 0
+        np.testing.assert_allclose(batched[key], expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max(),
+                                   err_msg=str(key))
+    assert nonzero >= len(per_item) - 2
+
+
+def test_batched_pass_refuses_ops_it_has_no_rule_for():
+    """An op without a batched rule (here a Softplus and a strided-window max-pool) gives None, so the
+    caller falls back to parallel-for instead of broadcasting wrongly."""
+    from tf_cnnvis.backward import batched_gradient
+    from tf_cnnvis.layers import depends_on_inputs
+
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [1, 6, 6, 2], name="x")
+        soft = tf.nn.softplus(x)
+        overlapping = tf.nn.max_pool2d(tf.nn.relu(x), 3, 1, "VALID")
+        fine = tf.nn.relu(x)
+        dependent = depends_on_inputs(graph, ["x:0"])
+        for top in (soft, overlapping):
+            assert batched_gradient(top, tf.ones((4,) + tuple(top.shape[1:])), x, "guided", dependent) is None
+        assert batched_gradient(fine, tf.ones((4, 6, 6, 2)), x, "guided", dependent).shape == (4, 6, 6, 2)

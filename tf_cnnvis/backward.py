@@ -9,8 +9,8 @@ per layer of the network, where a parallel-for conversion of ``tf.gradients``
 costs a graph rewrite per layer and target.
 
 The walk covers the ops of common CNNs (convolutions, biases, rectifiers,
-pooling, padding, concatenation, flattening, dense layers, element-wise
-arithmetic with weights); a path with any other op gets None, and the
+sigmoid and tanh, pooling, padding, concatenation, flattening, dense
+layers, sums, products and scaling by weights); a path with any other op gets None, and the
 caller falls back to the parallel-for pass. Rules come from
 :mod:`tf_cnnvis.rules`, so both passes compute the same thing. One step is
 fused: a max-pool over a ReLU goes back in one select (see
@@ -28,6 +28,8 @@ from tf_cnnvis.rules import (RULES, Switches, flipped_kernel, forward_part, pool
 _PASS_THROUGH = frozenset({"Identity", "BiasAdd"})
 _ARITHMETIC = frozenset({"Add", "AddV2", "Sub", "Mul", "RealDiv"})
 _RECTIFIERS = frozenset({"Relu", "Relu6", "Elu", "Selu", "LeakyRelu", "LRN"})
+# Activations that no method changes: their derivative, from the forward output.
+_SMOOTH = {"Sigmoid": lambda y: y * (1 - y), "Tanh": lambda y: 1 - y * y}
 
 
 def batched_gradient(top, seeds, image, method: str, dependent: set[str], negative: frozenset = frozenset()):
@@ -79,7 +81,7 @@ def _path(top, image, dependent):
         if op.name in names or op.name not in dependent or op is image.op:
             continue
         names.add(op.name)
-        stack.extend(tensor.op for tensor in op.inputs)
+        stack.extend(tensor.op for tensor in op.inputs if tensor.dtype.is_floating)
     path = [op for op in reversed(top.graph.get_operations()) if op.name in names]
     used = {tensor.name for op in path for tensor in op.inputs} | {top.name}
     if any(tensor.name in used for op in path for tensor in op.outputs[1:]):
@@ -99,7 +101,8 @@ def _fusable_relu(op, top, negative, consumers):
 
 
 def _moving(op, dependent):
-    return [i for i, tensor in enumerate(op.inputs) if tensor.op.name in dependent]
+    """Indices of the inputs that carry a gradient: floats that depend on the image (not shapes)."""
+    return [i for i, tensor in enumerate(op.inputs) if tensor.op.name in dependent and tensor.dtype.is_floating]
 
 
 def _batchable(op, kind: str, method: str, dependent) -> bool:
@@ -111,10 +114,10 @@ def _batchable(op, kind: str, method: str, dependent) -> bool:
         return kind in RULES[method] and moving == [0]
     if kind == "MaxPool":
         return Switches.applies(op)
-    if kind in ("AvgPool", "Conv2D", "DepthwiseConv2dNative"):
+    if kind in ("AvgPool", "Conv2D", "DepthwiseConv2dNative") or kind in _SMOOTH:
         return moving == [0]
     if kind in _ARITHMETIC:
-        if kind in ("Mul", "RealDiv") and len(moving) != 1 or kind == "RealDiv" and moving != [0]:
+        if kind == "RealDiv" and moving != [0]:
             return False
         rank = op.outputs[0].shape.rank
         return rank is not None and all(
@@ -128,10 +131,7 @@ def _batchable(op, kind: str, method: str, dependent) -> bool:
         rank = op.outputs[0].shape.rank
         return axis is not None and rank is not None and int(axis) % rank != 0 and len(moving) >= 1
     if kind == "Reshape":
-        before, after = op.inputs[0].shape, op.outputs[0].shape
-        return (moving == [0] and before.rank is not None and after.rank is not None
-                and before[1:].is_fully_defined() and after[1:].is_fully_defined()
-                and before[1:].num_elements() == after[1:].num_elements())
+        return moving == [0] and _keeps_batch(op)
     if kind == "MatMul":
         return moving == [0] and not op.get_attr("transpose_a")
     if kind == "Mean":
@@ -140,6 +140,31 @@ def _batchable(op, kind: str, method: str, dependent) -> bool:
         return (moving == [0] and axes is not None and rank is not None
                 and 0 not in {int(a) % rank for a in np.atleast_1d(axes)})
     return False
+
+
+def _keeps_batch(reshape) -> bool:
+    """Whether a Reshape keeps the batch axis: item b of its output comes from item b of its input.
+
+    Either both static shapes agree on the elements per item, or the new
+    shape starts with the input's own batch size (``Flatten``'s
+    ``[tf.shape(x)[0], -1]``).
+    """
+    before, after = reshape.inputs[0].shape, reshape.outputs[0].shape
+    if (before.rank is not None and after.rank is not None and before[1:].is_fully_defined()
+            and after[1:].is_fully_defined()):
+        return before[1:].num_elements() == after[1:].num_elements()
+    pack = reshape.inputs[1].op
+    if pack.type != "Pack" or pack.get_attr("axis") != 0:
+        return False
+    first = pack.inputs[0].op
+    return (first.type == "StridedSlice" and first.inputs[0].op.type == "Shape"
+            and first.inputs[0].op.inputs[0] is reshape.inputs[0] and first.get_attr("shrink_axis_mask") == 1
+            and [_static_list(t) for t in first.inputs[1:]] == [[0], [1], [1]])
+
+
+def _static_list(tensor):
+    value = tf.get_static_value(tensor)
+    return None if value is None else np.atleast_1d(value).tolist()
 
 
 def _weight_broadcasts(tensor, rank: int) -> bool:
@@ -155,6 +180,8 @@ def _backward(op, kind: str, grad, method: str, dependent) -> dict[int, tf.Tenso
     if kind in _RECTIFIERS or kind in ("PReLUNegative", "MaxPool", "Conv2D"):
         result = RULES[method][kind](op, grad)
         return {0: result[0] if isinstance(result, tuple) else result}
+    if kind in _SMOOTH:
+        return {0: grad * _SMOOTH[kind](op.outputs[0])}
     if kind == "AvgPool":
         return {0: tf.raw_ops.AvgPoolGrad(orig_input_shape=sizes_of_batch(op.inputs[0], grad), grad=grad,
                                           ksize=op.get_attr("ksize"), strides=op.get_attr("strides"),
@@ -177,7 +204,7 @@ def _backward(op, kind: str, grad, method: str, dependent) -> dict[int, tf.Tenso
         parts = tf.split(grad, tf.stack([tf.shape(t)[axis] for t in values]), axis=axis, num=len(values))
         return {i: parts[i] for i in _moving(op, dependent)}
     if kind == "Reshape":
-        return {0: tf.reshape(grad, [-1] + op.inputs[0].shape[1:].as_list())}
+        return {0: tf.reshape(grad, sizes_of_batch(op.inputs[0], grad))}
     if kind == "MatMul":
         return {0: tf.linalg.matmul(grad, op.inputs[1], transpose_b=not op.get_attr("transpose_b"))}
     if kind == "Mean":
@@ -197,7 +224,7 @@ def _expand(grad, axes):
 
 
 def _arithmetic(op, grad, moving):
-    """Add, Sub, Mul, RealDiv with a weight (or, for sums, two moving operands)."""
+    """Add, Sub, Mul (either operand may move) and RealDiv by a weight."""
     out = op.outputs[0]
     result = {}
     for i in moving:
