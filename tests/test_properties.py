@@ -7,6 +7,7 @@ infinities included; each test states what must hold for every one of them.
 
 import io
 import os
+import zlib
 
 import numpy as np
 import pytest
@@ -142,11 +143,13 @@ def test_grid_png_streamed_in_chunks_equals_the_whole_grid(cells, padding, split
     np.testing.assert_array_equal(decoded, expected.reshape(decoded.shape))
 
 
-def test_png_streamed_to_a_file_in_many_chunks_decodes_to_the_same_pixels(tmp_path, monkeypatch):
+@pytest.mark.parametrize("strategy", [zlib.Z_DEFAULT_STRATEGY, zlib.Z_RLE])
+def test_png_streamed_to_a_file_in_many_chunks_decodes_to_the_same_pixels(tmp_path, monkeypatch, strategy):
     monkeypatch.setattr(write, "_IDAT_BYTES", 4096)
     picture = np.random.default_rng(0).integers(0, 256, (300, 200, 3), dtype=np.uint8)
+    picture[100:180] = 128  # runs, for the run-length strategy
     with open(tmp_path / "picture.png", "wb") as file:
-        stream = PngStream(*picture.shape, out=file)
+        stream = PngStream(*picture.shape, out=file, strategy=strategy)
         for rows in np.array_split(picture, 7):
             stream.write(rows)
         assert stream.finish() is None

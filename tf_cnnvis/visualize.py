@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import zlib
 
 import numpy as np
 
@@ -130,7 +131,7 @@ class _Writer:
 
 
 class _GridOutput:
-    """One grid picture, filled cell by cell and written by :meth:`finish`.
+    """One grid of reconstructions, filled cell by cell and written by :meth:`finish`.
 
     A grid within TensorBoard's size limit is encoded in memory and the
     same bytes go to disk and to the event file. A larger one is encoded
@@ -148,11 +149,11 @@ class _GridOutput:
         self.file = None
         outputs = []
         if self.factor == 1:
-            outputs.append(PngStream(*self.shape))
+            outputs.append(PngStream(*self.shape, strategy=zlib.Z_RLE))
         else:
             if writer.outdir is not None:
                 self.file = AtomicFile(writer.path(layer, parts, filename))
-                outputs.append(PngStream(*self.shape, out=self.file))
+                outputs.append(PngStream(*self.shape, out=self.file, strategy=zlib.Z_RLE))
             if writer.summary is not None:
                 outputs.append(ShrunkPng(*self.shape, self.factor))
         self.outputs = outputs
