@@ -15,6 +15,7 @@ identical, not approximate.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import math
 import re
@@ -175,9 +176,10 @@ def reconstruct(rebuilt: RebuiltGraph, feed: Feed, layer: LayerInfo, target: str
     units on whole images (slower, same result; kept for checks).
 
     With ``sink``, nothing is kept: ``sink(image, first, values)`` receives
-    each chunk as it is computed, in order (``values`` holds the
-    reconstructions of channels ``first, first + 1, ...`` of that image),
-    and the call returns None: no array grows with the number of channels.
+    each chunk as it is computed, in order, on a second thread while the
+    next chunk is computed (``values`` holds the reconstructions of channels
+    ``first, first + 1, ...`` of that image), and the call returns None: no
+    array grows with the number of channels.
     """
     if target not in TARGETS:
         raise OptionError(f"target {target!r} is not one of {', '.join(map(repr, TARGETS))}")
@@ -208,22 +210,60 @@ def reconstruct(rebuilt: RebuiltGraph, feed: Feed, layer: LayerInfo, target: str
     index, grads = rebuilt.target(layer.tensor, feed.input_name, kind)
     batch = chunk_size(rebuilt, feed, layer, images.shape[1:], memory_budget_mb, limit=len(channels),
                        shared_forward=True)
-    # Several chunks: run the forward pass once per image and feed its values
-    # to every chunk's backward pass instead of recomputing it each time.
-    forward = rebuilt.forward_tensors(grads, feed.input_name) if batch < len(channels) else []
-    for n in range(n_images):
-        inputs = feed.with_images(images[n:n + 1])
-        if forward:
-            inputs.update(zip(forward, run(rebuilt, forward, inputs)))
+    # Several chunks: run what they share (the forward pass, the rules' masks)
+    # once per image and feed its values to every chunk's backward pass.
+    forward = rebuilt.invariant_tensors(grads, index, feed.input_name) if batch < len(channels) else []
+    with _Overlapped(sink) as deliver:
+        for n in range(n_images):
+            inputs = feed.with_images(images[n:n + 1])
+            if forward:
+                inputs.update(zip(forward, run(rebuilt, forward, inputs)))
 
-        def one_chunk(begin, end, n=n, inputs=inputs):
-            chunk = rows[n][begin:end]
-            sink(n, begin, run(rebuilt, grads, {index: chunk.astype(np.int32), **inputs}))
-            if progress is not None:
-                progress(len(chunk))
+            def one_chunk(begin, end, n=n, inputs=inputs):
+                chunk = rows[n][begin:end]
+                deliver(n, begin, run(rebuilt, grads, {index: chunk.astype(np.int32), **inputs}))
+                if progress is not None:
+                    progress(len(chunk))
 
-        batch = _in_chunks(len(channels), batch, layer, one_chunk)
+            batch = _in_chunks(len(channels), batch, layer, one_chunk)
     return result
+
+
+class _Overlapped:
+    """Hands chunks to ``sink`` on a second thread while the caller computes the next one.
+
+    TensorFlow releases the GIL while it runs, and so do numpy and zlib on
+    large arrays: rendering one chunk (scaling, PNG compression) overlaps
+    the backward pass of the next. At most one chunk is handed over and not
+    yet done: the next hand-over waits for it, so memory holds one chunk
+    more than without the thread. The sink's exceptions come back on the
+    caller's thread; leaving early (an error, Ctrl-C) waits for the chunk in
+    hand, so nothing touches the outputs once the caller cleans them up.
+    """
+
+    def __init__(self, sink):
+        self.sink = sink
+        self.pending = None
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tf_cnnvis_render")
+
+    def __call__(self, *args):
+        self.wait()
+        self.pending = self.executor.submit(self.sink, *args)
+
+    def wait(self):
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.result()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        try:
+            if kind is None:
+                self.wait()
+        finally:
+            self.executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _in_chunks(total: int, batch: int, layer: LayerInfo, run_chunk) -> int:
@@ -261,7 +301,7 @@ def _reconstruct_crops(rebuilt, feed, layer, plan, channels, yx, sink, memory_bu
                        limit=len(pairs))
     height, width = plan.size
 
-    def one_chunk(begin, end):
+    def one_chunk(begin, end, deliver):
         chunk = pairs[begin:end]
         image_ids = np.array([n for n, _ in chunk])
         channel_ids = np.array([k for _, k in chunk])
@@ -272,18 +312,19 @@ def _reconstruct_crops(rebuilt, feed, layer, plan, channels, yx, sink, memory_bu
         local = units - offsets // np.array(plan.jump)
         rows = np.column_stack([local, channels[channel_ids]]).astype(np.int32)
         values = run(rebuilt, grads, {index: rows, **feed.with_images(crops)})
-        # Zero outside each crop; one sink call per image the chunk touches.
+        # Zero outside each crop; one delivery per image the chunk touches.
         for n in np.unique(image_ids):
             mine = np.flatnonzero(image_ids == n)
             whole = np.zeros((len(mine),) + images.shape[1:], np.float32)
             for slot, item in enumerate(mine):
                 oy, ox = offsets[item]
                 whole[slot, oy:oy + height, ox:ox + width] = values[item]
-            sink(int(n), int(channel_ids[mine[0]]), whole)
+            deliver(int(n), int(channel_ids[mine[0]]), whole)
         if progress is not None:
             progress(len(chunk))
 
-    _in_chunks(len(pairs), batch, layer, one_chunk)
+    with _Overlapped(sink) as deliver:
+        _in_chunks(len(pairs), batch, layer, lambda begin, end: one_chunk(begin, end, deliver))
 
 
 class CropPlan:

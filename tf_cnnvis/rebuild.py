@@ -193,35 +193,43 @@ class RebuiltGraph:
         return self.cached(("target", layer_tensor, input_tensor, kind),
                            lambda: self._build_target(layer_tensor, input_tensor, kind))
 
-    def forward_tensors(self, fetch, input_tensor: str) -> list[str]:
-        """The forward tensors that the backward pass ``fetch`` reads.
+    def invariant_tensors(self, fetch, index, input_tensor: str) -> list[str]:
+        """The tensors ``fetch`` reads that depend on the image but not on ``index``.
 
-        Feeding their values (computed once per image) keeps a run of
-        ``fetch`` from repeating the forward pass for every chunk. These are
-        the model's tensors that depend on ``input_tensor`` and are read by
-        an op of the backward pass; weights are left to the graph. Empty if
-        one of them cannot be fed.
+        The forward pass and everything the rules take from it (rectifier
+        masks, max-pool switches, the all-ones pass above a layer's
+        convolution) are the same for every chunk of one image's items.
+        Computed once per image and fed to each chunk's run, they are not
+        recomputed per chunk. These are the inputs of the ops that vary with
+        ``index`` that do not vary themselves (values and masks; shapes and
+        tensors that cannot be fed are left to the graph: feeding is only a
+        shortcut).
         """
         def build():
-            own = {node.name for node in self.model.graph_def.node}
-            dependent = self.dependent_ops(input_tensor)
-            needed, seen, stack = set(), set(), [fetch.op]
+            graph = self.graph
+            inside, stack = set(), [fetch.op]
             while stack:
                 op = stack.pop()
-                if op.name in seen:
+                if op.name not in inside:
+                    inside.add(op.name)
+                    stack.extend(tensor.op for tensor in op.inputs)
+                    stack.extend(op.control_inputs)
+            image, varying = {self.tensor(input_tensor).op.name}, {index.op.name}
+            for op in graph.get_operations():  # creation order is topological
+                if op.name not in inside:
                     continue
-                seen.add(op.name)
-                for tensor in op.inputs:
-                    if tensor.op.name not in own:
-                        stack.append(tensor.op)
-                    elif tensor.op.name in dependent and tensor.name != input_tensor:
-                        needed.add(tensor.name)
-                stack.extend(c for c in op.control_inputs if c.name not in own)
-            if not all(self.graph.is_feedable(self.tensor(name)) for name in needed):
-                return []
-            return sorted(needed)
+                if any(t.op.name in image for t in op.inputs):
+                    image.add(op.name)
+                if any(t.op.name in varying for t in op.inputs):
+                    varying.add(op.name)
+            frontier = {tensor.name for op in graph.get_operations() if op.name in varying
+                        for tensor in op.inputs
+                        if tensor.op.name in image and tensor.op.name not in varying
+                        and (tensor.dtype.is_floating or tensor.dtype == tf.bool)  # not shapes
+                        and tensor.name != input_tensor and graph.is_feedable(tensor)}
+            return sorted(frontier)
 
-        return self.cached(("forward tensors", fetch.name, input_tensor), build)
+        return self.cached(("invariant tensors", fetch.name, index.name, input_tensor), build)
 
     def dependent_ops(self, input_tensor: str) -> set[str]:
         """Names of the model's ops that depend on ``input_tensor`` (computed once per input).
