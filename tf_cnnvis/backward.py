@@ -44,28 +44,24 @@ def batched_gradient(top, seeds, image, method: str, dependent: set[str], negati
     path = _path(top, image, dependent)
     if path is None:
         return None
+    kinds = {op.name: "PReLUNegative" if op.name in negative else op.type for op in path}
+    if not all(_batchable(op, kinds[op.name], method, dependent) for op in path):
+        return None
     consumers = {}
     for op in path:
         for tensor in op.inputs:
-            consumers.setdefault(tensor.name, []).append(op)
-    for op in path:
-        kind = "PReLUNegative" if op.name in negative else op.type
-        if not _batchable(op, kind, method, dependent):
-            return None
+            consumers.setdefault(tensor.name, []).append(op.name)
     pending = {top.name: [seeds]}
-    fused = set()
     for op in path:
-        arrived = [pending.pop(tensor.name, None) for tensor in op.outputs]
-        if op.name in fused or arrived[0] is None:
+        arrived = pending.pop(op.outputs[0].name, None)
+        if arrived is None:  # nothing to carry (or a ReLU done with the max-pool above it)
             continue
-        grad = tf.add_n(arrived[0]) if len(arrived[0]) > 1 else arrived[0][0]
-        below = _fusable_relu(op, top, negative, consumers)
-        if below is not None:  # max-pool over ReLU: both in one step
-            fused.add(below.name)
-            pending.setdefault(below.inputs[0].name, []).append(pool_over_relu(method, op, grad))
+        grad = tf.add_n(arrived) if len(arrived) > 1 else arrived[0]
+        relu = _relu_below(op, top, kinds, consumers)
+        if relu is not None:  # max-pool over ReLU: both in one step
+            pending.setdefault(relu.inputs[0].name, []).append(pool_over_relu(method, op, grad))
             continue
-        kind = "PReLUNegative" if op.name in negative else op.type
-        for index, value in _backward(op, kind, grad, method, dependent).items():
+        for index, value in _backward(op, kinds[op.name], grad, method, dependent).items():
             pending.setdefault(op.inputs[index].name, []).append(value)
     reached = pending.get(image.name)
     if reached is None:
@@ -89,13 +85,16 @@ def _path(top, image, dependent):
     return path
 
 
-def _fusable_relu(op, top, negative, consumers):
-    """The ReLU right below the max-pool ``op`` when both steps can go as one, else None."""
+def _relu_below(op, top, kinds, consumers):
+    """The ReLU right below the max-pool ``op`` when both steps can go as one, else None.
+
+    Only when the max-pool is the ReLU's one consumer on the path: the ReLU
+    then gets no gradient from elsewhere.
+    """
     if op.type != "MaxPool" or not Switches.applies(op):
         return None
     relu = op.inputs[0].op
-    if (relu.type != "Relu" or relu.name in negative or op.inputs[0] is top
-            or [c.name for c in consumers.get(op.inputs[0].name, [])] != [op.name]):
+    if kinds.get(relu.name) != "Relu" or op.inputs[0] is top or consumers[op.inputs[0].name] != [op.name]:
         return None
     return relu
 
@@ -237,21 +236,38 @@ def _arithmetic(op, grad, moving):
             value = -grad
         else:
             value = grad
-        result[i] = _to_shape_of(value, op.inputs[i], out)
+        result[i] = _to_shape_of(value, op.inputs[i], other, out)
     return result
 
 
-def _to_shape_of(grad, tensor, out):
+def _to_shape_of(grad, tensor, other, out):
     """``grad`` (the batch, shaped like ``out``) summed down to ``tensor``'s shape per item.
 
-    A moving operand that the op broadcast (a statistic of shape
-    ``(1, 1, 1, C)`` scaling a map, say) gets the sum over the axes it was
-    broadcast along; the batch axis is kept.
+    ``out`` is ``tensor`` broadcast against ``other``. Where ``tensor`` has
+    the output's shape (a map plus a bias) that is ``grad`` itself; a
+    moving operand that the op broadcast (a statistic of shape ``(1, 1, 1,
+    C)`` scaling a map, say) gets the sum over the axes it was broadcast
+    along. The batch axis is kept.
     """
-    if all(a is not None and a == b for a, b in zip(tensor.shape[1:], out.shape[1:])):
+    if _has_shape_of_output(tensor, other, out):
         return grad
     axes, _ = tf.raw_ops.BroadcastGradientArgs(s0=tf.shape(tensor)[1:], s1=tf.shape(out)[1:])
     return tf.reshape(tf.reduce_sum(grad, axes + 1), sizes_of_batch(tensor, grad))
+
+
+def _has_shape_of_output(tensor, other, out) -> bool:
+    """Whether broadcasting ``tensor`` against ``other`` left it as it was, axis by axis (batch aside).
+
+    An axis keeps ``tensor``'s size where ``other`` has size 1 there (or no
+    such axis), or where both sizes are known and equal the output's.
+    """
+    rank = out.shape.rank
+    missing = rank - other.shape.rank
+    for axis in range(1, rank):
+        theirs = 1 if axis < missing else other.shape[axis - missing]
+        if theirs != 1 and (tensor.shape[axis] is None or tensor.shape[axis] != out.shape[axis]):
+            return False
+    return True
 
 
 # Ops that keep a gradient on channel c on channel c (given their rules).
