@@ -88,10 +88,11 @@ def _path(top, image, dependent):
 def _relu_below(op, top, kinds, consumers):
     """The ReLU right below the max-pool ``op`` when both steps can go as one, else None.
 
+    ``op`` is on the path, so a max-pool here has switches (``_batchable``).
     Only when the max-pool is the ReLU's one consumer on the path: the ReLU
     then gets no gradient from elsewhere.
     """
-    if op.type != "MaxPool" or not Switches.applies(op):
+    if op.type != "MaxPool":
         return None
     relu = op.inputs[0].op
     if kinds.get(relu.name) != "Relu" or op.inputs[0] is top or consumers[op.inputs[0].name] != [op.name]:
@@ -128,7 +129,7 @@ def _batchable(op, kind: str, method: str, dependent) -> bool:
     if kind == "ConcatV2":
         axis = tf.get_static_value(op.inputs[-1])
         rank = op.outputs[0].shape.rank
-        return axis is not None and rank is not None and int(axis) % rank != 0 and len(moving) >= 1
+        return axis is not None and rank is not None and int(axis) % rank != 0
     if kind == "Reshape":
         return moving == [0] and _keeps_batch(op)
     if kind == "MatMul":
@@ -195,7 +196,7 @@ def _backward(op, kind: str, grad, method: str, dependent) -> dict[int, tf.Tenso
         return _arithmetic(op, grad, _moving(op, dependent))
     if kind in ("Pad", "PadV2"):
         before = tf.get_static_value(op.inputs[1])[:, 0]
-        return {0: tf.slice(grad, np.asarray(before, np.int64).astype(np.int32),
+        return {0: tf.slice(grad, before.astype(np.int32),
                             sizes_of_batch(op.inputs[0], grad))}
     if kind == "ConcatV2":
         axis = int(tf.get_static_value(op.inputs[-1])) % op.outputs[0].shape.rank
@@ -210,16 +211,11 @@ def _backward(op, kind: str, grad, method: str, dependent) -> dict[int, tf.Tenso
         x = op.inputs[0]
         axes = sorted({int(a) % x.shape.rank for a in np.atleast_1d(tf.get_static_value(op.inputs[1]))})
         if not op.get_attr("keep_dims"):
-            grad = tf.expand_dims(grad, axes[0]) if len(axes) == 1 else _expand(grad, axes)
+            for axis in axes:  # ascending: each lands where the reduction removed it
+                grad = tf.expand_dims(grad, axis)
         count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), axes)), grad.dtype)
         return {0: tf.broadcast_to(grad, sizes_of_batch(x, grad)) / count}
     raise AssertionError(f"no batched rule for {kind}")  # _batchable said yes
-
-
-def _expand(grad, axes):
-    for axis in axes:
-        grad = tf.expand_dims(grad, axis)
-    return grad
 
 
 def _arithmetic(op, grad, moving):

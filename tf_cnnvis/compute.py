@@ -36,10 +36,11 @@ DEFAULT_MEMORY_BUDGET_MB = 1024
 # gradients and the temporaries of the custom rules, about three copies of
 # every tensor between the input and the layer.
 _BACKWARD_FACTOR = 3
-# One image's forward pass shared by a vectorized backward pass: an item
+# One image's forward pass shared by a batched backward pass: an item
 # holds only the gradient in flight and the rules' temporaries, a few
 # tensors of the largest size. Measured on VGG16 block5_conv3 at 224 px with
-# the deconvnet rules, 512 channels: about 7 (3.24 GB peak at 4, 1.77 GB at 8).
+# the deconvnet rules, 512 channels: about 7 (3.24 GB peak at 4, 1.77 GB at 8
+# with parallel-for; 1.94 GB at 8 with the batched pass of tf_cnnvis.backward).
 _GRADIENT_COPIES = 8
 
 

@@ -214,15 +214,10 @@ class RebuiltGraph:
                     inside.add(op.name)
                     stack.extend(tensor.op for tensor in op.inputs)
                     stack.extend(op.control_inputs)
-            image, varying = {self.tensor(input_tensor).op.name}, {index.op.name}
-            for op in graph.get_operations():  # creation order is topological
-                if op.name not in inside:
-                    continue
-                if any(t.op.name in image for t in op.inputs):
-                    image.add(op.name)
-                if any(t.op.name in varying for t in op.inputs):
-                    varying.add(op.name)
-            frontier = {tensor.name for op in graph.get_operations() if op.name in varying
+            # Over the whole graph as it is now (dependent_ops knows only the model's ops).
+            image = depends_on_inputs(graph, [input_tensor])
+            varying = depends_on_inputs(graph, [index.name])
+            frontier = {tensor.name for op in graph.get_operations() if op.name in varying and op.name in inside
                         for tensor in op.inputs
                         if tensor.op.name in image and tensor.op.name not in varying
                         and (tensor.dtype.is_floating or tensor.dtype == tf.bool)  # not shapes
