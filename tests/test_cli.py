@@ -102,6 +102,19 @@ def test_channel_lists_and_sizes_parse():
     assert cli._size("160x240") == (160, 240) and cli._size("64") == (64, 64)
 
 
+@pytest.mark.parametrize("preset, expected", [(None, "true"), ("false", "false")])
+def test_the_command_picks_the_pooling_allocator_unless_told_otherwise(preset, expected, monkeypatch):
+    monkeypatch.setenv(cli.ALLOCATOR_ENV, "recorded")  # restored after the test, whatever console() sets
+    monkeypatch.delenv(cli.ALLOCATOR_ENV)
+    if preset is not None:
+        monkeypatch.setenv(cli.ALLOCATOR_ENV, preset)
+    seen = []
+    monkeypatch.setattr(cli, "main", lambda: seen.append(os.environ.get(cli.ALLOCATOR_ENV)) or 0)
+    with pytest.raises(SystemExit) as stop:
+        cli.console()
+    assert stop.value.code == 0 and seen == [expected]
+
+
 # --------------------------------------------------------------------------- the work itself
 
 def test_layers_table_via_python_dash_m(model_file):
