@@ -6,6 +6,7 @@ leave only complete PNGs and TensorBoard logs that TensorBoard's own reader
 reads. A backend that runs out of memory is met with smaller chunks.
 """
 
+import errno
 import os
 import signal
 import subprocess
@@ -134,6 +135,34 @@ def test_keyboard_interrupt_in_the_middle_of_a_write(tmp_path, monkeypatch):
     again = tf_cnnvis.deconv_visualization(graph, {"x": OTHER_IMAGES}, step=1, **options)
     assert sorted(again.paths) == sorted(before)
     assert all(steps == [0, 1] for steps in read_tensorboard(log).values())
+
+
+class _FullDiskOs(_InterruptingOs):
+    """``os`` as write.py sees it, with the disk full when the n-th file is about to be renamed."""
+
+    def chmod(self, path, mode):
+        self.calls += 1
+        if self.calls == self.after:
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        return os.chmod(path, mode)
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["in memory", "streamed into its file"])
+def test_a_grid_that_cannot_be_written_stops_the_call(streamed, tmp_path, monkeypatch):
+    """A full disk while the first layer's grid is written: the error reaches the caller,
+    no temporary file stays behind and no later layer is drawn."""
+    graph = tf1_graph()[0]
+    out = tmp_path / "out"
+    if streamed:  # grids past this size go into a temporary file as their cells arrive
+        monkeypatch.setattr(write, "SUMMARY_MAX_SIDE", 8)
+    full = _FullDiskOs(after=1)  # the first layer's grid
+    monkeypatch.setattr(write, "os", full)
+    with pytest.raises(OSError, match="No space left on device"):
+        tf_cnnvis.deconv_visualization(graph, {"x": IMAGES}, layers="r", path_outdir=str(out),
+                                       path_logdir=None)
+    monkeypatch.undo()
+    assert full.calls == 1  # no later grid was written
+    assert pictures_and_leftovers(out) == ([], [])
 
 
 WORKER = textwrap.dedent("""
