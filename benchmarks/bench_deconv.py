@@ -14,11 +14,16 @@ layers:
              layer in one run, nothing written (below c where the
              layer's head is crossed for all channels at once);
   (d) unit   single-unit targets: ours (crops around each receptive field)
-             against the same reconstructions computed on whole images.
+             against the same reconstructions computed on whole images,
+             and the most any crop could gain: the multiply-adds of the
+             backward convolutions on whole images against those on our
+             crops and on each unit's exact support at every layer.
 
 Run:  python benchmarks/bench_deconv.py            (5-block net, 128 and 224 px)
       python benchmarks/bench_deconv.py --vgg      (adds VGG16 at 224 px)
       python benchmarks/bench_deconv.py --memory   (peak RSS of one 512-channel VGG16 layer)
+      python benchmarks/bench_deconv.py --allocator bfc
+                   (every side on TensorFlow's pooling CPU allocator, as the tf-cnnvis command runs)
 """
 
 from __future__ import annotations
@@ -111,6 +116,55 @@ def compute_only(rebuilt, feed, layers, repeat=1, limit=None):
     return timed(lambda: [rebuilt.session.run(g, f) for g, f in runs], repeat=repeat)[0]
 
 
+def unit_work_bounds(rebuilt, feed, layers):
+    """Per layer, (whole / crop, whole / support): the most cropping could gain for single units.
+
+    Counts the multiply-adds of the backward pass's convolutions (they
+    dominate its cost): on the whole image; on our crop (the receptive
+    field rounded to the pooling grid, :func:`tf_cnnvis.compute.crop_plan`);
+    and on each unit's exact support at every layer (the smallest region
+    at each layer that a dense backward pass giving exact results can be
+    cut to). Element-wise steps and the forward pass are left out; both
+    only lower the real ratio.
+    """
+    from tf_cnnvis.receptive_field import receptive_field
+
+    graph, image_size = rebuilt.graph, feed.images.shape[1:3]
+    bounds = {}
+    for layer in layers:
+        plan = compute.crop_plan(rebuilt, feed, layer)
+        crop = plan.size if plan is not None else tuple(image_size)
+        work = {"whole": 0, "crop": 0, "support": 0}
+        for conv in _convolutions_below(graph, feed.input_name, layer.tensor):
+            out = conv.outputs[0]
+            placed = receptive_field(graph, feed.input_name, out.name, tuple(image_size))
+            size, jump = placed.output_size, placed.jump
+            support = receptive_field(graph, out.name, layer.tensor, tuple(size)).size
+            per_pixel = int(np.prod(conv.inputs[1].shape.as_list()))  # kh * kw * C_in * C_out (or multiplier)
+            work["whole"] += size[0] * size[1] * per_pixel
+            work["crop"] += np.prod([min(s, -(-c // j)) for s, c, j in zip(size, crop, jump)]) * per_pixel
+            work["support"] += np.prod([min(s, f) for s, f in zip(size, support)]) * per_pixel
+        bounds[layer.name] = work
+    return bounds
+
+
+def _convolutions_below(graph, input_name, tensor_name):
+    """The convolutions between the input and ``tensor_name``."""
+    from tf_cnnvis.layers import depends_on_inputs
+
+    dependent = depends_on_inputs(graph, [input_name])
+    seen, stack, found = set(), [graph.get_tensor_by_name(tensor_name).op], []
+    while stack:
+        op = stack.pop()
+        if op.name in seen or op.name not in dependent:
+            continue
+        seen.add(op.name)
+        if op.type in ("Conv2D", "DepthwiseConv2dNative"):
+            found.append(op)
+        stack.extend(t.op for t in op.inputs)
+    return found
+
+
 def measure(source, feed_value, layer_selector, label, limit=None, repeat=1):
     """One table row: (a), (b), (c) and (d) for one model, image size and layer set."""
     tmp = tempfile.mkdtemp(prefix="bench_deconv_")
@@ -160,6 +214,10 @@ def measure(source, feed_value, layer_selector, label, limit=None, repeat=1):
         unit_times[crop], results[crop] = timed(run_units, repeat=repeat)
     equal = all(np.allclose(a, b, rtol=1e-4, atol=1e-5 * max(np.abs(b).max(), 1e-12))
                 for a, b in zip(results[True], results[False]))
+    bounds = unit_work_bounds(rebuilt, feed, layers)
+    counts = {layer.name: min(layer.channels, limit or layer.channels) for layer in layers}
+    total = {kind: sum(counts[name] * work[kind] for name, work in bounds.items())
+             for kind in ("whole", "crop", "support")}
     unit_count = channels
     clear_cache()
     per = lambda seconds, n=channels: 1000 * seconds / n  # noqa: E731
@@ -172,8 +230,11 @@ def measure(source, feed_value, layer_selector, label, limit=None, repeat=1):
         "compute_ms": per(compute_seconds), "ours/compute": ours / compute_seconds,
         "warm/compute": ours_warm / compute_seconds,
         # per layer, the best of the repeats of each
-        "unit_layers": [(layer.name, min(layer_times[False][i::len(layers)]) / min(layer_times[True][i::len(layers)]))
+        "unit_layers": [(layer.name, min(layer_times[False][i::len(layers)]) / min(layer_times[True][i::len(layers)]),
+                         bounds[layer.name]["whole"] / bounds[layer.name]["crop"],
+                         bounds[layer.name]["whole"] / bounds[layer.name]["support"])
                         for i, layer in enumerate(layers)],
+        "unit_bound_crop": total["whole"] / total["crop"], "unit_bound_support": total["whole"] / total["support"],
         "peak_rss_gb": peak_rss_gb(),
     }
 
@@ -201,8 +262,13 @@ def main():
                         help="channels per layer measured on VGG16 (ms per channel is the figure)")
     parser.add_argument("--memory", action="store_true", help="peak RSS of a 512-channel VGG16 layer")
     parser.add_argument("--repeat", type=int, default=2, help="best of this many runs per figure")
+    parser.add_argument("--allocator", choices=("default", "bfc"), default="default",
+                        help="TensorFlow's CPU allocator for every side: its default, or the pooling "
+                             "(BFC) one that the tf-cnnvis command picks")
     parser.add_argument("--memory-case", nargs=2, metavar=("LAYER", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    # Read once, when TensorFlow makes its first device: nothing has run yet.
+    os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = "true" if args.allocator == "bfc" else "false"
 
     if args.memory_case:
         print(json.dumps(memory_case(args.memory_case[0], int(args.memory_case[1]))))
@@ -233,16 +299,21 @@ def main():
             f"{r['peak_rss_gb']:.2f}"] for r in rows], headers)
 
     for r in rows:
-        print(f"\nd/a per layer, {r['config']}: "
-              + ", ".join(f"{name} {ratio:.1f}x" for name, ratio in r["unit_layers"]))
+        print(f"\nd/a per layer, {r['config']} (in brackets the most a crop could gain: the backward "
+              "convolutions' multiply-adds, whole image / our crop / each unit's exact support):\n  "
+              + ",\n  ".join(f"{name} {ratio:.1f}x ({crop:.1f}x / {support:.1f}x)"
+                             for name, ratio, crop, support in r["unit_layers"])
+              + f"\n  all layers {r['unit_speedup']:.1f}x ({r['unit_bound_crop']:.1f}x / "
+              f"{r['unit_bound_support']:.1f}x)")
     if args.memory:
-        output = subprocess.run([sys.executable, __file__, "--memory-case", "block5_conv3", "224"],
+        output = subprocess.run([sys.executable, __file__, "--memory-case", "block5_conv3", "224",
+                                 "--allocator", args.allocator],
                                 check=True, capture_output=True, text=True).stdout
         result = json.loads(output.strip().splitlines()[-1])
         print(f"\nVGG16 {result['layer']} ({result['channels']} channels) at {result['size']} px: "
               f"{result['seconds']:.1f} s, peak RSS {result['peak_rss_gb']:.2f} GB")
     print(f"\nTensorFlow {tf.__version__}, {os.cpu_count()} CPU cores, "
-          f"GPU: {bool(tf.config.list_physical_devices('GPU'))}")
+          f"GPU: {bool(tf.config.list_physical_devices('GPU'))}, CPU allocator: {args.allocator}")
 
 
 if __name__ == "__main__":
