@@ -9,7 +9,8 @@ layers:
              ``tf.gradients`` per channel, eight of them per ``session.run``,
              one summary image per channel, the grid written to disk;
   (c) floor  one forward pass plus the backward pass vectorized over
-             channels (parallel-for Jacobian), nothing written;
+             channels (parallel-for Jacobian), nothing written, in a
+             session with TensorFlow's default options;
   (c') compute  the library's own backward pass for all channels of a
              layer in one run, nothing written (below c where the
              layer's head is crossed for all channels at once);
@@ -47,7 +48,7 @@ from tf_cnnvis import compute  # noqa: E402
 from tf_cnnvis.feeds import resolve_feed  # noqa: E402
 from tf_cnnvis.layers import select_layers  # noqa: E402
 from tf_cnnvis.load import load_model  # noqa: E402
-from tf_cnnvis.rebuild import clear_cache, rebuild  # noqa: E402
+from tf_cnnvis.rebuild import RebuiltGraph, clear_cache, rebuild  # noqa: E402
 from tf_cnnvis.utils import convert_into_grid, image_normalization  # noqa: E402
 from tf_cnnvis.write import SummaryWriter, encode_png, write_atomic  # noqa: E402
 
@@ -91,7 +92,11 @@ def original_reference(model, feed_value, input_name, layers, outdir, logdir, li
 
 
 def floor(rebuilt, input_name, layers, feed_value, repeat=1, limit=None):
-    """Forward once, then the backward pass vectorized over channels (pfor Jacobian)."""
+    """Forward once, then the backward pass vectorized over channels (pfor Jacobian).
+
+    ``rebuilt`` runs with TensorFlow's default session options (Grappler's
+    rewrites on, as a plain TensorFlow program gets them).
+    """
     from tensorflow.python.ops.parallel_for.gradients import jacobian
 
     x = rebuilt.tensor(input_name)
@@ -192,7 +197,9 @@ def measure(source, feed_value, layer_selector, label, limit=None, repeat=1):
     orig, _ = timed(lambda: original_reference(model, feed.images, feed.input_name, layers,
                                                os.path.join(tmp, "orig"), os.path.join(tmp, "orig_log"), limit=limit),
                     repeat=repeat)
-    floor_seconds = floor(rebuild(model, "guided"), feed.input_name, layers, feed.images, repeat, limit)
+    plain_session = RebuiltGraph(model, "guided", session_config=tf.compat.v1.ConfigProto())
+    floor_seconds = floor(plain_session, feed.input_name, layers, feed.images, repeat, limit)
+    plain_session.close()
     compute_seconds = compute_only(rebuild(model, "guided"), feed, layers, repeat, limit)
 
     # (d): single units, crops against whole images, compute only, same channels.

@@ -147,17 +147,19 @@ class RebuiltGraph:
     Targets (the objective whose input-gradient is a reconstruction) are
     added per layer on first use and then reused for every call and chunk.
     The weights live in variables; :meth:`load_weights` swaps in those of
-    another freeze of the same architecture.
+    another freeze of the same architecture. ``session_config``: the
+    session's ``ConfigProto`` (default: see ``_session_config``).
     """
 
-    def __init__(self, model: FrozenModel, method: str):
+    def __init__(self, model: FrozenModel, method: str, session_config=None):
         self.model = model
         self.method = method
         self.graph = tf.Graph()
         rules = with_gradient_rules(model.graph_def, method)
         with self.graph.as_default():
             tf.import_graph_def(_weights_as_variables(rules, f"tf_cnnvis_{uuid.uuid4().hex}"), name="")
-        self.session = tf.compat.v1.Session(graph=self.graph, config=_session_config())
+        config = _session_config() if session_config is None else session_config
+        self.session = tf.compat.v1.Session(graph=self.graph, config=config)
         self._built: dict[tuple, object] = {}
         self._lock = threading.RLock()
         self._assign_weights(weight_values(model.graph_def))
