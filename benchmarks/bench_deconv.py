@@ -140,7 +140,7 @@ def unit_work_bounds(rebuilt, feed, layers):
         plan = compute.crop_plan(rebuilt, feed, layer)
         crop = plan.size if plan is not None else tuple(image_size)
         work = {"whole": 0, "crop": 0, "support": 0}
-        for conv in _convolutions_below(graph, feed.input_name, layer.tensor):
+        for conv in _convolutions_below(rebuilt, feed.input_name, layer.tensor):
             out = conv.outputs[0]
             placed = receptive_field(graph, feed.input_name, out.name, tuple(image_size))
             size, jump = placed.output_size, placed.jump
@@ -153,21 +153,14 @@ def unit_work_bounds(rebuilt, feed, layers):
     return bounds
 
 
-def _convolutions_below(graph, input_name, tensor_name):
-    """The convolutions between the input and ``tensor_name``."""
-    from tf_cnnvis.layers import depends_on_inputs
+def _convolutions_below(rebuilt, input_name, tensor_name):
+    """The convolutions between the input and ``tensor_name`` (the backward pass's own path)."""
+    from tf_cnnvis.backward import _path
 
-    dependent = depends_on_inputs(graph, [input_name])
-    seen, stack, found = set(), [graph.get_tensor_by_name(tensor_name).op], []
-    while stack:
-        op = stack.pop()
-        if op.name in seen or op.name not in dependent:
-            continue
-        seen.add(op.name)
-        if op.type in ("Conv2D", "DepthwiseConv2dNative"):
-            found.append(op)
-        stack.extend(t.op for t in op.inputs)
-    return found
+    path = _path(rebuilt.tensor(tensor_name), rebuilt.tensor(input_name), rebuilt.dependent_ops(input_name))
+    if path is None:
+        raise ValueError(f"no single path of ops from {input_name!r} to {tensor_name!r} to count")
+    return [op for op in path if op.type in ("Conv2D", "DepthwiseConv2dNative")]
 
 
 def measure(source, feed_value, layer_selector, label, limit=None, repeat=1):
@@ -197,9 +190,9 @@ def measure(source, feed_value, layer_selector, label, limit=None, repeat=1):
     orig, _ = timed(lambda: original_reference(model, feed.images, feed.input_name, layers,
                                                os.path.join(tmp, "orig"), os.path.join(tmp, "orig_log"), limit=limit),
                     repeat=repeat)
-    plain_session = RebuiltGraph(model, "guided", session_config=tf.compat.v1.ConfigProto())
-    floor_seconds = floor(plain_session, feed.input_name, layers, feed.images, repeat, limit)
-    plain_session.close()
+    default_options = RebuiltGraph(model, "guided", session_config=tf.compat.v1.ConfigProto())
+    floor_seconds = floor(default_options, feed.input_name, layers, feed.images, repeat, limit)
+    default_options.close()
     compute_seconds = compute_only(rebuild(model, "guided"), feed, layers, repeat, limit)
 
     # (d): single units, crops against whole images, compute only, same channels.
