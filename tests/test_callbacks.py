@@ -18,6 +18,7 @@ from tf_cnnvis.rebuild import rebuild
 from tf_cnnvis.receptive_field import receptive_field
 
 from conftest import small_keras_model, tf1_graph
+from numerics import assert_reordered_close
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "train_digits.py")
 
@@ -70,8 +71,7 @@ def test_example_training_writes_changing_pictures_at_every_epoch(tmp_path):
     # The last pictures show the weights training ended with.
     model, (_, _, x_test, _) = run["model"], run["data"]
     last = run["callback"].results[2][0]
-    np.testing.assert_allclose(last.arrays["conv3"], keras_outputs(model, "conv3", x_test[:2]),
-                               rtol=1e-4, atol=1e-4)
+    assert_reordered_close(last.arrays["conv3"], keras_outputs(model, "conv3", x_test[:2]))
 
 
 def tiny_data(count=24, seed=0):
@@ -114,7 +114,7 @@ def test_custom_training_loop_sees_the_current_weights_at_every_call():
 
         values = tf_cnnvis.activation_visualization(model, images, layers=["conv2"], path_outdir=None,
                                                     path_logdir=None, step=step)["conv2"]
-        np.testing.assert_allclose(values, keras_outputs(model, "conv2", images), rtol=1e-4, atol=1e-4)
+        assert_reordered_close(values, keras_outputs(model, "conv2", images))
 
         channels = [0, 5]
         recon = tf_cnnvis.deconv_visualization(model, images, layers=["conv2"], method="gradient",
@@ -126,8 +126,7 @@ def test_custom_training_loop_sees_the_current_weights_at_every_call():
             with tf.GradientTape() as tape:
                 tape.watch(inputs)
                 objective = tf.reduce_sum(submodel(inputs)[..., channel])
-            np.testing.assert_allclose(recon[:, column], tape.gradient(objective, inputs).numpy(),
-                                       rtol=1e-4, atol=1e-5)
+            assert_reordered_close(recon[:, column], tape.gradient(objective, inputs).numpy())
         graphs.add(id(rebuild(load_model(model), "gradient").graph))
     assert len(graphs) == 1  # one imported graph served every call: new weights were assigned
 
@@ -147,7 +146,7 @@ def test_tf1_session_loop_sees_the_current_variables_at_every_call():
         session.run(update)
         got = tf_cnnvis.activation_visualization(session, {"x:0": images}, layers=["relu2"],
                                                  path_outdir=None, path_logdir=None)["relu2"]
-        np.testing.assert_allclose(got, session.run(relu2, {"x:0": images}), rtol=1e-5, atol=1e-5)
+        assert_reordered_close(got, session.run(relu2, {"x:0": images}))
         graphs.add(id(rebuild(load_model(session), "gradient").graph))
     assert len(graphs) == 1
     assert graph.version == version  # the user's graph was never modified
@@ -163,7 +162,7 @@ def test_changed_architecture_is_frozen_again():
     result = tf_cnnvis.activation_visualization(model, images, layers="r", path_outdir=None,
                                                 path_logdir=None)
     assert [layer.name for layer in result.layers] == ["first", "second"]
-    np.testing.assert_allclose(result["second"], model(images).numpy(), rtol=1e-5, atol=1e-5)
+    assert_reordered_close(result["second"], model(images).numpy())
 
 
 def test_weights_imported_as_variables_keep_shapes_and_receptive_fields(images):

@@ -10,6 +10,7 @@ import tf_cnnvis
 from tf_cnnvis.errors import FeedError, LayerNotFoundError, ModelLoadError
 
 from conftest import small_keras_model, tf1_graph
+from numerics import assert_reordered_close
 
 IMAGES = np.random.default_rng(0).uniform(0, 1, (2, 16, 16, 3)).astype(np.float32)
 
@@ -37,7 +38,7 @@ def test_graph_without_variables(graph_and_weights):
     graph, weights = graph_and_weights
     version = graph.version
     got = activations_of(graph, {"x:0": IMAGES}, "relu2")
-    np.testing.assert_allclose(got, numpy_forward(IMAGES, *weights), rtol=1e-5, atol=1e-5)
+    assert_reordered_close(got, numpy_forward(IMAGES, *weights))
     assert graph.version == version
 
 
@@ -46,9 +47,8 @@ def test_placeholder_tensor_and_op_name_keys(graph_and_weights):
     expected = numpy_forward(IMAGES, *weights)
     placeholder = graph.get_tensor_by_name("x:0")
     for key in (placeholder, "x", "x:0"):
-        np.testing.assert_allclose(activations_of(graph, {key: IMAGES}, "relu2"), expected,
-                                   rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(activations_of(graph, IMAGES, "relu2:0"), expected, rtol=1e-5, atol=1e-5)
+        assert_reordered_close(activations_of(graph, {key: IMAGES}, "relu2"), expected)
+    assert_reordered_close(activations_of(graph, IMAGES, "relu2:0"), expected)
 
 
 def test_graph_def_and_frozen_pb_path(tmp_path, graph_and_weights):
@@ -57,8 +57,7 @@ def test_graph_def_and_frozen_pb_path(tmp_path, graph_and_weights):
     path.write_bytes(graph.as_graph_def().SerializeToString())
     expected = numpy_forward(IMAGES, *weights)
     for source in (graph.as_graph_def(), str(path)):
-        np.testing.assert_allclose(activations_of(source, {"x": IMAGES}, "relu2"), expected,
-                                   rtol=1e-5, atol=1e-5)
+        assert_reordered_close(activations_of(source, {"x": IMAGES}, "relu2"), expected)
 
 
 def test_session_values_are_used_and_never_reinitialized(tmp_path):
@@ -73,7 +72,7 @@ def test_session_values_are_used_and_never_reinitialized(tmp_path):
     session.run(shift)  # "training" changed the weights: the session's values must be used
     version = graph.version
     got = activations_of(session, {"x:0": IMAGES}, "relu2")
-    np.testing.assert_allclose(got, numpy_forward(IMAGES, w1, b1, 2 * w2), rtol=1e-5, atol=1e-5)
+    assert_reordered_close(got, numpy_forward(IMAGES, w1, b1, 2 * w2))
     assert graph.version == version
     np.testing.assert_allclose(session.run(trained), 2 * w2)  # still the trained value
 
@@ -81,7 +80,7 @@ def test_session_values_are_used_and_never_reinitialized(tmp_path):
     with graph.as_default():
         prefix = saver.save(session, str(tmp_path / "model.ckpt"))
     got = activations_of(prefix + ".meta", {"x:0": IMAGES}, "relu2")
-    np.testing.assert_allclose(got, numpy_forward(IMAGES, w1, b1, 2 * w2), rtol=1e-5, atol=1e-5)
+    assert_reordered_close(got, numpy_forward(IMAGES, w1, b1, 2 * w2))
     session.close()
 
 
@@ -89,7 +88,7 @@ def test_graph_with_variables_and_no_session_uses_initial_values():
     graph, weights = tf1_graph(with_variables=True)
     version = graph.version
     got = activations_of(graph, {"x:0": IMAGES}, "relu2")
-    np.testing.assert_allclose(got, numpy_forward(IMAGES, *weights), rtol=1e-5, atol=1e-5)
+    assert_reordered_close(got, numpy_forward(IMAGES, *weights))
     assert graph.version == version
 
 
@@ -111,13 +110,11 @@ def test_keras_model_object_file_and_saved_model(tmp_path):
     saved_model = tmp_path / "saved"
     model.export(str(saved_model))
     for source, key in ((model, "image"), (str(keras_path), "image"), (str(h5_path), "image")):
-        np.testing.assert_allclose(activations_of(source, {key: IMAGES}, "conv2"), expected,
-                                   rtol=1e-4, atol=1e-5)
+        assert_reordered_close(activations_of(source, {key: IMAGES}, "conv2"), expected)
     # A SavedModel keeps op names only; the layer's op is found by name.
     frozen = tf_cnnvis.load_model(str(saved_model))
     relu_ops = [row.name for row in tf_cnnvis.list_layers(frozen) if row.kind == "relu"]
-    np.testing.assert_allclose(activations_of(str(saved_model), IMAGES, relu_ops[1]), expected,
-                               rtol=1e-4, atol=1e-5)
+    assert_reordered_close(activations_of(str(saved_model), IMAGES, relu_ops[1]), expected)
     for before, after in zip(weights_before, model.get_weights()):
         np.testing.assert_array_equal(before, after)
 
@@ -131,8 +128,8 @@ def test_sequential_and_nested_keras_models():
         keras.layers.Conv2D(4, 3, activation="relu", name="c1"),
         keras.layers.MaxPooling2D(name="p1"),
     ], name="seq")
-    np.testing.assert_allclose(activations_of(sequential, IMAGES, "c1"),
-                               keras_expected(sequential, "c1", IMAGES), rtol=1e-5, atol=1e-6)
+    assert_reordered_close(activations_of(sequential, IMAGES, "c1"),
+                               keras_expected(sequential, "c1", IMAGES))
 
     inner = keras.Sequential([keras.Input((16, 16, 3)),
                               keras.layers.Conv2D(5, 3, padding="same", activation="relu", name="inner_conv"),
@@ -144,10 +141,9 @@ def test_sequential_and_nested_keras_models():
     names = [row.name for row in tf_cnnvis.list_layers(outer)]
     assert "backbone/inner_conv" in names and "head" in names
     inner_expected = keras.Model(inner.inputs, inner.get_layer("inner_conv").output).predict(IMAGES, verbose=0)
-    np.testing.assert_allclose(activations_of(outer, IMAGES, "backbone/inner_conv"), inner_expected,
-                               rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(activations_of(outer, IMAGES, "head"),
-                               keras_expected(outer, "head", IMAGES), rtol=1e-5, atol=1e-6)
+    assert_reordered_close(activations_of(outer, IMAGES, "backbone/inner_conv"), inner_expected)
+    assert_reordered_close(activations_of(outer, IMAGES, "head"),
+                               keras_expected(outer, "head", IMAGES))
     result = tf_cnnvis.deconv_visualization(outer, IMAGES[:1], layers=["backbone/inner_conv"],
                                             path_outdir=None, path_logdir=None)
     assert np.abs(result["backbone/inner_conv"]["deconvnet"]).max() > 0
@@ -166,8 +162,7 @@ def test_legacy_keras2_h5_emotion_model():
     assert len(result.arrays) == sum(row.kind == "relu" for row in table)
     reference = models.emotion_model()
     first_relu = next(row.name for row in table if row.kind == "relu")
-    np.testing.assert_allclose(result.arrays[first_relu], keras_expected(reference, first_relu, face),
-                               rtol=1e-4, atol=1e-5)
+    assert_reordered_close(result.arrays[first_relu], keras_expected(reference, first_relu, face))
 
 
 def test_layer_letters_names_and_table(keras_model):

@@ -21,6 +21,7 @@ from tf_cnnvis.top_activations import (
 )
 
 from conftest import small_keras_model
+from numerics import assert_reordered_close
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -34,6 +35,23 @@ def brute_force(values: np.ndarray, k: int):
     units = np.stack(np.unravel_index(where, (height, width)), axis=-1)  # (N, C, 2)
     picked_units = np.stack([units[order[c], c] for c in range(channels)])
     return np.take_along_axis(best.T, order, axis=1), order, picked_units
+
+
+def assert_same_top_k(tops, values, scores, index, units):
+    """``tops`` is brute force's top-k, up to ties within float32 rounding.
+
+    The scan's batches sum in another order than brute force's single
+    batch, so two candidates whose values differ by less than that rounding
+    may trade places; every pick must still hold the value it claims, and
+    that value must be brute force's at the same rank.
+    """
+    channels = np.arange(values.shape[-1])[:, None]
+    picked = values[tops.image_index, tops.units[..., 0], tops.units[..., 1], channels]
+    assert_reordered_close(tops.scores, picked)
+    assert_reordered_close(tops.scores, scores)
+    for row in tops.image_index:  # no image twice in one channel's top-k
+        assert len(set(row.tolist())) == len(row)
+    assert np.mean(tops.image_index == index) > 0.9 and np.mean(np.all(tops.units == units, -1)) > 0.9
 
 
 def test_streaming_top_k_equals_a_full_sort_whatever_the_batches():
@@ -86,10 +104,7 @@ def test_top_k_equals_brute_force_for_every_kind_of_source(model_and_images, sou
     for name in ("conv2", "conv3"):
         values = keras.Model(model.inputs, model.get_layer(name).output)(images).numpy()
         scores, index, units = brute_force(values, 5)
-        tops = result[name]
-        np.testing.assert_array_equal(tops.image_index, index)
-        np.testing.assert_allclose(tops.scores, scores, rtol=1e-5)
-        np.testing.assert_array_equal(tops.units, units)
+        assert_same_top_k(result[name], values, scores, index, units)
     # Only images in some top-k are kept, whatever the dataset size.
     kept = set(np.concatenate([t.image_index.ravel() for t in result.layers.values()]).tolist())
     assert set(result.image_index.tolist()) == kept
@@ -146,7 +161,7 @@ def test_reconstructions_are_the_units_gradient_inside_its_box(model_and_images)
             expected = np.zeros((18, 18, 3), np.float32)
             sy0, sx0, sy1, sx1 = max(y0, 0), max(x0, 0), min(y1, 20), min(x1, 20)
             expected[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = gradient[sy0:sy1, sx0:sx1]
-            np.testing.assert_allclose(tops.reconstructions[row, rank], expected, rtol=1e-4, atol=1e-6)
+            assert_reordered_close(tops.reconstructions[row, rank], expected)
             outside = gradient.copy()
             outside[sy0:sy1, sx0:sx1] = 0
             assert not outside.any()  # nothing of the unit's gradient lies outside its box
@@ -231,13 +246,20 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     with strategy.scope():  # an active strategy is used without being passed
         active = top_activations(model, images, ["conv2", "conv3"], **options)
     single = top_activations(model, images, ["conv2", "conv3"], **options)
-    same = all(
-        np.array_equal(getattr(a[name], key), getattr(b[name], key))
-        for a, b in ((mirrored, single), (active, single)) for name in ("conv2", "conv3")
-        for key in ("image_index", "units", "boxes"))
-    close = all(np.allclose(a[name].scores, single[name].scores, rtol=1e-5)
-                and np.allclose(a[name].reconstructions, single[name].reconstructions, atol=1e-5)
-                for a in (mirrored, active) for name in ("conv2", "conv3"))
+    from numerics import REORDERED_RTOL, REORDERED_SCALE
+
+    def near(a, b):  # each replica's half batch sums in another order
+        return np.allclose(a, b, rtol=REORDERED_RTOL, atol=REORDERED_SCALE * np.abs(b).max())
+
+    def matching(a, b):  # picks that agree; float32 near-ties may trade places
+        return (a.image_index == b.image_index) & np.all(a.units == b.units, -1)
+
+    pairs = [(a[name], single[name]) for a in (mirrored, active) for name in ("conv2", "conv3")]
+    same = all(matching(a, b).mean() > 0.9 and np.array_equal(a.boxes[matching(a, b)], b.boxes[matching(a, b)])
+               for a, b in pairs)
+    close = all(near(a.scores, b.scores)
+                and near(a.reconstructions[matching(a, b)], b.reconstructions[matching(a, b)])
+                for a, b in pairs)
     print(json.dumps({"replicas": [mirrored.replicas, active.replicas, single.replicas],
                       "same": bool(same), "close": bool(close), "count": mirrored.count}))
 """)
