@@ -471,3 +471,66 @@ def test_graph_file_with_file_ops_is_refused_until_trusted(tmp_path, graph):
     assert tf_cnnvis.activation_visualization(hostile, {"x": IMAGES}, layers="relu1", **NO_OUTPUT)
     assert tf_cnnvis.activation_visualization(str(path), {"x": IMAGES}, layers="relu1",
                                               trust_model_code=True, **NO_OUTPUT)
+
+
+# --------------------------------------------------------------------------- empty and malformed selections
+
+def _top_activations(model, images, path_logdir, **options):  # it writes no TensorBoard events
+    from tf_cnnvis.top_activations import top_activations
+
+    return top_activations(model, images, **{"layers": ["conv1"], **options})
+
+
+def _callback(model, images, path_logdir, **options):
+    # Checked when the callback is made, before any training epoch.
+    return tf_cnnvis.VisualizationCallback(images, log_dir=path_logdir, **options)
+
+
+SELECTIONS = [
+    # (entry, options, error class, needles)
+    (tf_cnnvis.activation_visualization, {"layers": []}, OptionError, ("layers is empty",)),
+    (tf_cnnvis.activation_visualization, {"layers": ""}, OptionError, ("empty name",)),
+    (tf_cnnvis.activation_visualization, {"layers": ["conv1", " "]}, OptionError, ("empty name",)),
+    (tf_cnnvis.activation_visualization, {"layers": [["conv1"]]}, OptionError, ("['conv1']", "not a string")),
+    (tf_cnnvis.activation_visualization, {"value_feed_dict": IMAGES[:0]}, FeedError, ("empty",)),
+    (tf_cnnvis.deconv_visualization, {"channels": []}, OptionError, ("channels is empty",)),
+    (tf_cnnvis.deconv_visualization, {"channels": np.array([], int)}, OptionError, ("channels is empty",)),
+    (tf_cnnvis.deconv_visualization, {"channels": [[0]]}, OptionError, ("[0]", "not an integer")),
+    (tf_cnnvis.deconv_visualization, {"channels": np.zeros((1, 2), int)}, OptionError, ("non-empty list",)),
+    (tf_cnnvis.deconv_visualization, {"channels": {1, 2}}, OptionError, ("{1, 2}", "non-empty list")),
+    (tf_cnnvis.deconv_visualization, {"channels": [1, 1]}, OptionError, ("channels lists 1 twice",)),
+    (tf_cnnvis.deconv_visualization, {"method": []}, OptionError, ("method=[]", "'deconvnet'")),
+    (tf_cnnvis.deconv_visualization, {"method": ()}, OptionError, ("method=()", "non-empty list")),
+    (tf_cnnvis.deconv_visualization, {"method": None}, OptionError, ("method=None", "'guided'")),
+    (tf_cnnvis.deconv_visualization, {"method": ["guided", "guided"]}, OptionError, ("'guided' twice",)),
+    (tf_cnnvis.deconv_visualization, {"layers": []}, OptionError, ("layers is empty",)),
+    (tf_cnnvis.deconv_visualization, {"value_feed_dict": IMAGES[:0]}, FeedError, ("empty",)),
+    (deepdream_visualization, {"layer": "logits", "classes": []}, OptionError, ("classes is empty",)),
+    (deepdream_visualization, {"layer": "logits", "classes": [[]]}, OptionError, ("classes is empty",)),
+    (deepdream_visualization, {"layer": "", "classes": [0]}, OptionError, ("layer=''", "must name one layer")),
+    (deepdream_visualization, {"layer": [], "classes": [0]}, OptionError, ("layer=[]", "must name one layer")),
+    (deepdream_visualization, {"layer": "logits", "classes": [0], "value_feed_dict": IMAGES[:0]}, FeedError,
+     ("empty",)),
+    (_top_activations, {"layers": []}, OptionError, ("layers is empty",)),
+    (_top_activations, {"channels": []}, OptionError, ("channels is empty",)),
+    (_top_activations, {"channels": [2, 2]}, OptionError, ("twice",)),
+    (_top_activations, {"method": []}, OptionError, ("method []", "'deconvnet'")),
+    (_callback, {"layers": []}, OptionError, ("layers is empty",)),
+    (_callback, {"channels": []}, OptionError, ("channels is empty",)),
+    (_callback, {"visualizations": []}, OptionError, ("visualizations=[]", "'activations'")),
+    (_callback, {"value_feed_dict": IMAGES[:0]}, FeedError, ("no image",)),
+]
+
+
+@pytest.mark.parametrize("entry, options, error_class, needles", SELECTIONS,
+                         ids=[f"{entry.__name__}-{list(options.items())[-1]!r}" for entry, options, *_ in SELECTIONS])
+def test_empty_or_malformed_selection_is_refused_before_anything_is_written(
+        keras_model, tmp_path, entry, options, error_class, needles):
+    options = dict(options)
+    images = options.pop("value_feed_dict", IMAGES)
+    if entry is deepdream_visualization:
+        options.update(iterations=1, octaves=1)
+    with raises(error_class, *needles):
+        entry(keras_model, images, path_outdir=str(tmp_path / "out"), path_logdir=str(tmp_path / "log"),
+              **options)
+    assert not list(tmp_path.rglob("*"))

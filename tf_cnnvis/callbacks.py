@@ -20,10 +20,11 @@ import os
 import time
 
 import keras
+import numpy as np
 
-from tf_cnnvis import compute
-from tf_cnnvis.errors import OptionError
-from tf_cnnvis.rebuild import METHODS
+from tf_cnnvis.errors import FeedError, OptionError
+from tf_cnnvis.options import (DEFAULT_MEMORY_BUDGET_MB, METHODS, check_channels, check_layer_selection,
+                               check_memory_budget, check_target)
 from tf_cnnvis.visualize import activation_visualization, deconv_visualization
 from tf_cnnvis.write import SummaryWriter
 
@@ -59,7 +60,7 @@ class VisualizationCallback(keras.callbacks.Callback):
 
     def __init__(self, images, log_dir="logs", layers="r", visualizations=("activations", "deconvnet"),
                  every_n_epochs=1, path_outdir=None, target="map", channels=None,
-                 memory_budget_mb=compute.DEFAULT_MEMORY_BUDGET_MB, input_tensor=None,
+                 memory_budget_mb=DEFAULT_MEMORY_BUDGET_MB, input_tensor=None,
                  run_name="visualization"):
         super().__init__()
         chosen = [visualizations] if isinstance(visualizations, str) else list(visualizations)
@@ -69,8 +70,12 @@ class VisualizationCallback(keras.callbacks.Callback):
                               f"{', '.join(map(repr, VISUALIZATIONS))}")
         if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
             raise OptionError(f"every_n_epochs={every_n_epochs!r} must be an integer >= 1")
-        if target not in compute.TARGETS:
-            raise OptionError(f"target {target!r} is not one of {', '.join(map(repr, compute.TARGETS))}")
+        if any(np.size(value) == 0 for value in (images.values() if isinstance(images, dict) else [images])):
+            raise FeedError("images holds no image; give a batch of at least one image")
+        check_target(target)
+        check_layer_selection(layers)
+        check_channels(channels)
+        check_memory_budget(memory_budget_mb)
         if log_dir is None and path_outdir is None:
             raise OptionError("log_dir and path_outdir are both None: nothing would be written; "
                               "give a TensorBoard log folder or an output folder")

@@ -26,12 +26,11 @@ import tensorflow as tf
 from tf_cnnvis.errors import FeedError, OptionError, OutOfMemoryError
 from tf_cnnvis.feeds import Feed
 from tf_cnnvis.layers import LayerInfo
+from tf_cnnvis.options import DEFAULT_MEMORY_BUDGET_MB, check_memory_budget, check_target
 from tf_cnnvis.rebuild import RebuiltGraph
 
 logger = logging.getLogger("tf_cnnvis")
 
-TARGETS = ("map", "unit")
-DEFAULT_MEMORY_BUDGET_MB = 1024
 # A batch of different images: each item holds its own forward tensors, the
 # gradients and the temporaries of the custom rules, about three copies of
 # every tensor between the input and the layer.
@@ -73,15 +72,6 @@ def activations(rebuilt: RebuiltGraph, feed: Feed, layers: list[LayerInfo]) -> d
     """The layers' values on the user's images, in one forward pass."""
     values = run(rebuilt, [layer.tensor for layer in layers], feed.with_images(feed.images))
     return {layer.tensor: value for layer, value in zip(layers, values)}
-
-
-def check_memory_budget(memory_budget_mb) -> float:
-    """Refuse a budget that is not a finite positive number before any work starts."""
-    if (isinstance(memory_budget_mb, bool) or not isinstance(memory_budget_mb, (int, float, np.number))
-            or not math.isfinite(memory_budget_mb) or memory_budget_mb <= 0):
-        raise OptionError(f"memory_budget_mb={memory_budget_mb!r} must be a positive number of "
-                          f"megabytes (default {DEFAULT_MEMORY_BUDGET_MB})")
-    return float(memory_budget_mb)
 
 
 def chunk_size(rebuilt: RebuiltGraph, feed: Feed, layer: LayerInfo, image_shape,
@@ -182,8 +172,7 @@ def reconstruct(rebuilt: RebuiltGraph, feed: Feed, layer: LayerInfo, target: str
     ``first, first + 1, ...`` of that image), and the call returns None: no
     array grows with the number of channels.
     """
-    if target not in TARGETS:
-        raise OptionError(f"target {target!r} is not one of {', '.join(map(repr, TARGETS))}")
+    check_target(target)
     if layer.channels is None:
         raise OptionError(f"layer {layer.name!r} has output shape {layer.shape}; reconstructions "
                           "need a layer with channels (shape (N, H, W, C) or (N, C))")

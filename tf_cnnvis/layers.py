@@ -13,14 +13,14 @@ import difflib
 
 import tensorflow as tf
 
-from tf_cnnvis.errors import LayerNotFoundError, OptionError
+from tf_cnnvis.errors import LayerNotFoundError
 from tf_cnnvis.load import FrozenModel
+from tf_cnnvis.options import LETTERS, check_layer_selection
 
 RELU_OPS = frozenset({"Relu", "Relu6", "LeakyRelu", "Elu", "Selu"})
 POOL_OPS = frozenset({"MaxPool", "MaxPoolV2", "AvgPool", "MaxPoolWithArgmax"})
 CONV_OPS = frozenset({"Conv2D", "DepthwiseConv2dNative", "Conv2DBackpropInput"})
 
-LETTERS = {"r": "relu", "p": "pool", "c": "conv"}
 _KIND_OF_OP = {**{op: "relu" for op in RELU_OPS}, **{op: "pool" for op in POOL_OPS},
                **{op: "conv" for op in CONV_OPS}}
 
@@ -118,18 +118,11 @@ def _info(name: str, kind: str, op_type: str, tensor) -> LayerInfo:
 
 def select_layers(graph: tf.Graph, model: FrozenModel, layers) -> list[LayerInfo]:
     """Resolve a user's ``layers`` argument to LayerInfo rows (no duplicates)."""
-    if layers is None:
-        layers = "r"
-    items = [layers] if isinstance(layers, str) else list(layers)
-    if not items:
-        raise OptionError("layers is empty; give letters 'r', 'p', 'c' or layer names")
+    items = check_layer_selection(layers)
     table = layer_table(graph, model)
     chosen: dict[str, LayerInfo] = {}
     for item in items:
-        if not isinstance(item, str):
-            raise OptionError(f"layer selector {item!r} is not a string; give letters "
-                              "'r', 'p', 'c' or layer names")
-        if item and set(item) <= set(LETTERS) and len(item) <= len(LETTERS):
+        if set(item) <= set(LETTERS) and len(item) <= len(LETTERS):
             kinds = {LETTERS[letter] for letter in item}
             for info in table:
                 if info.kind in kinds:

@@ -26,7 +26,8 @@ from tf_cnnvis.backward import batched_gradient, channelwise_head, seeds_below_h
 from tf_cnnvis.errors import OptionError
 from tf_cnnvis.layers import depends_on_inputs, negative_branch_relus
 from tf_cnnvis.load import FrozenModel
-from tf_cnnvis.rules import METHODS, check_method, prepare_forward_parts, with_gradient_rules
+from tf_cnnvis.options import METHODS, check_method
+from tf_cnnvis.rules import prepare_forward_parts, with_gradient_rules
 
 __all__ = ["METHODS", "TARGET_KINDS", "RebuiltGraph", "check_method", "clear_cache", "rebuild"]
 

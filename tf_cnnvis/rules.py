@@ -33,10 +33,9 @@ import functools
 
 import tensorflow as tf
 
-from tf_cnnvis.errors import OptionError
 from tf_cnnvis.layers import negative_branch_relus
+from tf_cnnvis.options import check_method
 
-METHODS = ("deconvnet", "guided", "gradient")
 _SELU_SCALE = 1.0507009873554805
 _SELU_ALPHA = 1.6732632423543772
 
@@ -330,12 +329,6 @@ for _method, _rules in RULES.items():
             tf.RegisterGradient(_registered_name(_method, _op_type))(_rule)
         except KeyError:  # already registered by an earlier import of this module
             pass
-
-
-def check_method(method: str) -> str:
-    if method not in METHODS:
-        raise OptionError(f"method {method!r} is not one of {', '.join(map(repr, METHODS))}")
-    return method
 
 
 def with_gradient_rules(graph_def, method: str):

@@ -34,7 +34,8 @@ from tf_cnnvis.errors import FeedError, OptionError
 from tf_cnnvis.feeds import Feed
 from tf_cnnvis.layers import LayerInfo, select_layers
 from tf_cnnvis.load import load_model
-from tf_cnnvis.rebuild import check_method, rebuild
+from tf_cnnvis.options import DEFAULT_MEMORY_BUDGET_MB, check_channels, check_memory_budget, check_method
+from tf_cnnvis.rebuild import rebuild
 from tf_cnnvis.utils import convert_into_grid, image_normalization
 from tf_cnnvis.write import encode_png, ensure_folder, inside, safe_names, write_atomic
 
@@ -300,7 +301,7 @@ def _local(strategy, value) -> np.ndarray:
 def top_activations(model, dataset, layers, k=9, *, batch_size=64, channels=None, input_tensor=None,
                     feed_dict=None, method="deconvnet", reconstruct=True, deprocess=None,
                     path_outdir="./Output", strategy=None, limit=None,
-                    memory_budget_mb=compute.DEFAULT_MEMORY_BUDGET_MB, jit_compile=False,
+                    memory_budget_mb=DEFAULT_MEMORY_BUDGET_MB, jit_compile=False,
                     log_every_s=10.0, trust_model_code=False) -> TopActivations:
     """Find each channel's ``k`` strongest images in ``dataset`` and draw them.
 
@@ -335,6 +336,8 @@ def top_activations(model, dataset, layers, k=9, *, batch_size=64, channels=None
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise OptionError(f"batch_size={batch_size!r} must be an integer >= 1")
     check_method(method)
+    check_channels(channels)
+    check_memory_budget(memory_budget_mb)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1):
         raise OptionError(f"limit={limit!r} must be None or an integer >= 1")
     frozen = load_model(model, trust_model_code=trust_model_code)
@@ -434,14 +437,7 @@ def _inputs(frozen, graph, input_tensor, feed_dict):
 def _channel_selection(layer: LayerInfo, channels) -> np.ndarray:
     if channels is None:
         return np.arange(layer.channels)
-    selection = np.atleast_1d(np.asarray(channels))
-    if selection.dtype.kind not in "iu" or selection.size == 0:
-        raise OptionError(f"channels={channels!r} must be a non-empty list of integers")
-    bad = selection[(selection < 0) | (selection >= layer.channels)]
-    if bad.size:
-        raise OptionError(f"channel {int(bad[0])} is out of range for layer {layer.name!r}, which has "
-                          f"{layer.channels} channels (0..{layer.channels - 1})")
-    return selection.astype(np.int64)
+    return np.asarray(check_channels(channels, layer.channels, layer.name), np.int64)
 
 
 def _display(raw: np.ndarray, deprocess) -> np.ndarray:

@@ -19,7 +19,9 @@ from tf_cnnvis.feeds import resolve_feed
 from tf_cnnvis.layers import LayerInfo, layer_table, select_layers
 from tf_cnnvis.load import load_model
 from tf_cnnvis.progress import progress_bar
-from tf_cnnvis.rebuild import check_method, rebuild
+from tf_cnnvis.options import (DEFAULT_MEMORY_BUDGET_MB, check_channels, check_layer_selection,
+                                check_memory_budget, check_methods, check_target)
+from tf_cnnvis.rebuild import rebuild
 from tf_cnnvis.utils import convert_into_grid, image_normalization, normalize_each
 from tf_cnnvis.write import (AtomicFile, GridPng, PngStream, ShrunkPng, SummaryWriter, encode_png,
                              ensure_folder, grid_shape, inside, safe_names, summary_factor, write_atomic)
@@ -221,6 +223,7 @@ def activation_visualization(graph_or_path=None, value_feed_dict=None, input_ten
         trust_model_code: allow a model file that holds code (a Keras
             ``Lambda``, file or Python ops); refused by default.
     """
+    check_layer_selection(layers)
     model = load_model(_source(graph_or_path, sess_graph_path), trust_model_code=trust_model_code)
     rebuilt = rebuild(model, "gradient")
     chosen = select_layers(rebuilt.graph, model, layers)
@@ -253,7 +256,7 @@ def deconv_visualization(graph_or_path=None, value_feed_dict=None, input_tensor=
                          path_logdir="./Log", path_outdir="./Output", *, sess_graph_path=None,
                          method="deconvnet", target="map", channels=None, step=0,
                          save_channels=False,
-                         memory_budget_mb=compute.DEFAULT_MEMORY_BUDGET_MB, keep_arrays=True,
+                         memory_budget_mb=DEFAULT_MEMORY_BUDGET_MB, keep_arrays=True,
                          progress=False, trust_model_code=False) -> VisualizationResult:
     """Reconstruct each channel of each selected layer back into image space.
 
@@ -274,10 +277,11 @@ def deconv_visualization(graph_or_path=None, value_feed_dict=None, input_tensor=
             finished.
         trust_model_code: as in :func:`activation_visualization`.
     """
-    methods = [check_method(name) for name in ([method] if isinstance(method, str) else method)]
-    if target not in compute.TARGETS:
-        raise OptionError(f"target {target!r} is not one of {', '.join(map(repr, compute.TARGETS))}")
-    compute.check_memory_budget(memory_budget_mb)
+    methods = check_methods(method)
+    check_layer_selection(layers)
+    check_target(target)
+    check_channels(channels)
+    check_memory_budget(memory_budget_mb)
     if not isinstance(keep_arrays, bool):
         raise OptionError(f"keep_arrays={keep_arrays!r} must be True or False")
     if not keep_arrays and path_outdir is None and path_logdir is None:
@@ -294,7 +298,7 @@ def deconv_visualization(graph_or_path=None, value_feed_dict=None, input_tensor=
         if layer.channels is None:
             raise OptionError(f"layer {layer.name!r} has output shape {layer.shape}: reconstructions "
                               "need a layer of shape (N, H, W, C) or (N, C)")
-        _check_channels(layer, channels)
+        check_channels(channels, layer.channels, layer.name)
     values = compute.activations(plain, feed, chosen) if target == "unit" else {}
     result = VisualizationResult("deconvolution", layers=chosen)
     writer = _Writer(path_outdir, path_logdir, step, result, chosen,
@@ -387,16 +391,3 @@ def _displayable(values: np.ndarray) -> np.ndarray:
     if values.shape[-1] in _SHOWN_CHANNELS:
         return values
     return values.mean(axis=-1, keepdims=True)
-
-
-def _check_channels(layer: LayerInfo, channels):
-    if channels is None:
-        return
-    for channel in np.atleast_1d(np.asarray(channels, dtype=object)):
-        if isinstance(channel, bool) or not isinstance(channel, (int, np.integer)):
-            raise OptionError(f"channel {channel!r} is not an integer; give indices in "
-                              f"0..{layer.channels - 1} for layer {layer.name!r}")
-        if not 0 <= channel < layer.channels:
-            raise OptionError(f"channel {channel} is out of range for layer {layer.name!r}, which "
-                              f"has {layer.channels} channels (0..{layer.channels - 1})")
-

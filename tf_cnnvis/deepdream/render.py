@@ -29,6 +29,7 @@ from tf_cnnvis.deepdream.tiling import TilePlan
 from tf_cnnvis.errors import OptionError
 from tf_cnnvis.feeds import Feed
 from tf_cnnvis.layers import LayerInfo
+from tf_cnnvis.options import DEFAULT_MEMORY_BUDGET_MB
 from tf_cnnvis.rebuild import RebuiltGraph
 
 logger = logging.getLogger("tf_cnnvis")
@@ -113,7 +114,7 @@ class NetworkObjective:
     """
 
     def __init__(self, rebuilt: RebuiltGraph, feed: Feed, ops: ObjectiveOps, layer: LayerInfo,
-                 value_range, tile_size=None, memory_budget_mb=compute.DEFAULT_MEMORY_BUDGET_MB):
+                 value_range, tile_size=None, memory_budget_mb=DEFAULT_MEMORY_BUDGET_MB):
         self.rebuilt, self.feed, self.ops, self.layer = rebuilt, feed, ops, layer
         low, high = (float(v) for v in value_range)
         self.center, self.half = (low + high) / 2, (high - low) / 2

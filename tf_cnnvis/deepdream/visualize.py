@@ -12,7 +12,6 @@ import logging
 
 import numpy as np
 
-from tf_cnnvis import compute
 from tf_cnnvis.deepdream import objectives
 from tf_cnnvis.deepdream.render import (
     MIN_OCTAVE_SIDE,
@@ -25,6 +24,7 @@ from tf_cnnvis.errors import OptionError
 from tf_cnnvis.feeds import resolve_feed
 from tf_cnnvis.layers import LayerInfo, select_layers
 from tf_cnnvis.load import load_model
+from tf_cnnvis.options import DEFAULT_MEMORY_BUDGET_MB
 from tf_cnnvis.rebuild import rebuild
 from tf_cnnvis.utils import convert_into_grid
 from tf_cnnvis.visualize import VisualizationResult, _source, _Writer
@@ -40,7 +40,7 @@ def deepdream_visualization(graph_or_path=None, value_feed_dict=None, layer=None
                             octave_scale=1.4, step_size=0.01, jitter=16, normalize="laplacian",
                             laplacian_levels=4, l2=1e-3, tv=0.0, bilateral=False, denoise=None,
                             param="pixel", transforms=None, learning_rate=0.05, seed=0, step=0,
-                            memory_budget_mb=compute.DEFAULT_MEMORY_BUDGET_MB,
+                            memory_budget_mb=DEFAULT_MEMORY_BUDGET_MB,
                             progress=None, trust_model_code=False) -> VisualizationResult:
     """Images that maximize classes, channels, or a whole layer, one batch item each.
 

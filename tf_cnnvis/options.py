@@ -1,0 +1,124 @@
+"""Options: what each keyword option accepts, checked before any work starts.
+
+One home for the accepted values and their checks, shared by the entry
+functions, the training callback and the command line, so a bad value gets
+the same message wherever it is given. Nothing here loads TensorFlow: the
+command line checks its arguments with these before TensorFlow starts.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+from tf_cnnvis.errors import OptionError
+
+METHODS = ("deconvnet", "guided", "gradient")
+TARGETS = ("map", "unit")
+DEFAULT_MEMORY_BUDGET_MB = 1024
+LETTERS = {"r": "relu", "p": "pool", "c": "conv"}
+
+
+def _choices(values) -> str:
+    return ", ".join(map(repr, values))
+
+
+def check_method(method) -> str:
+    if not isinstance(method, str) or method not in METHODS:
+        raise OptionError(f"method {method!r} is not one of {_choices(METHODS)}")
+    return method
+
+
+def check_methods(method) -> list[str]:
+    """``method`` as a list of distinct method names (one name or a non-empty list of them)."""
+    if isinstance(method, str):
+        return [check_method(method)]
+    if not isinstance(method, (list, tuple)) or not method:
+        raise OptionError(f"method={method!r} must be one of {_choices(METHODS)} or a non-empty list "
+                          "of them")
+    names = [check_method(name) for name in method]
+    _refuse_repeats("method", names)
+    return names
+
+
+def check_target(target) -> str:
+    if not isinstance(target, str) or target not in TARGETS:
+        raise OptionError(f"target {target!r} is not one of {_choices(TARGETS)}")
+    return target
+
+
+def check_memory_budget(memory_budget_mb) -> float:
+    """Refuse a budget that is not a finite positive number."""
+    if (isinstance(memory_budget_mb, bool) or not isinstance(memory_budget_mb, numbers.Real)
+            or not math.isfinite(memory_budget_mb) or memory_budget_mb <= 0):
+        raise OptionError(f"memory_budget_mb={memory_budget_mb!r} must be a positive number of "
+                          f"megabytes (default {DEFAULT_MEMORY_BUDGET_MB})")
+    return float(memory_budget_mb)
+
+
+def check_channels(channels, count: int | None = None, layer: str | None = None) -> list | None:
+    """``channels``: None (all), one index, or a non-empty flat list of distinct indices.
+
+    Without ``count`` only the form is checked, before the model is known;
+    with the layer's channel ``count`` (and its name, for the message) each
+    index must be an integer in ``0..count-1``.
+    """
+    if channels is None:
+        return None
+    items = [channels] if _is_integer(channels) else _flat_items("channels", channels)
+    _refuse_repeats("channels", items)
+    if count is None:
+        return items
+    valid = f"0..{count - 1}" + (f" for layer {layer!r}" if layer is not None else "")
+    for item in items:
+        if not _is_integer(item):
+            raise OptionError(f"channel {item!r} is not an integer; give indices in {valid}")
+        if not 0 <= item < count:
+            raise OptionError(f"channel {item} is out of range for layer {layer!r}, which has {count} "
+                              f"channels (0..{count - 1})")
+    return [int(item) for item in items]
+
+
+def check_layer_selection(layers) -> list[str]:
+    """``layers`` as a list of non-empty selectors: kind letters or layer names (None is ``'r'``)."""
+    if layers is None:
+        return ["r"]
+    items = [layers] if isinstance(layers, str) else _flat_items("layers", layers, strings=True)
+    for item in items:
+        if not isinstance(item, str):
+            raise OptionError(f"layer selector {item!r} is not a string; give letters "
+                              f"{_choices(LETTERS)} or layer names")
+        if not item.strip():
+            raise OptionError(f"layers={layers!r} holds an empty name; give letters "
+                              f"{_choices(LETTERS)} or layer names")
+    return items
+
+
+def _flat_items(name: str, value, strings: bool = False) -> list:
+    """The items of a non-empty, flat list-like ``value`` (a list, tuple, range or 1-D array)."""
+    shape = getattr(value, "shape", None)
+    if isinstance(value, (str, bytes, dict, set, frozenset)) or not hasattr(value, "__len__") or (
+            shape is not None and len(shape) != 1):
+        what = "layer selectors" if strings else "integers"
+        raise OptionError(f"{name}={value!r} must be a non-empty list of {what}")
+    items = list(value)
+    if not items:
+        accepted = (f"letters {_choices(LETTERS)} or layer names" if strings
+                    else "at least one index, or None for all")
+        raise OptionError(f"{name} is empty; give {accepted}")
+    return items
+
+
+def _refuse_repeats(name: str, items: list):
+    seen = set()
+    for item in items:
+        try:
+            if item in seen:
+                raise OptionError(f"{name} lists {item!r} twice; give each once")
+            seen.add(item)
+        except TypeError:  # unhashable (a nested list): the item checks report it
+            continue
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
