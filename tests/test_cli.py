@@ -73,7 +73,6 @@ def test_help_lists_every_subcommand(capsys):
     (["layers", "vgg17"], "neither a built-in model"),
     (["activations", "{model}", "no_such_image.png"], "no_such_image.png"),
     (["activations", "{model}", "{image}", "--layers", "conv_1"], "closest names: conv1"),
-    (["deconv", "{model}", "{image}", "--method", "deconvnets"], "'deconvnets' is not one of"),
     (["deconv", "{model}", "{image}", "--layers", "conv1", "--channels", "9"], "out of range"),
     (["report", "{empty}"], "holds no PNG"),
 ])
@@ -87,14 +86,70 @@ def test_bad_input_exits_1_with_one_line(args, expected, model_file, image_files
     assert expected in err
 
 
-@pytest.mark.parametrize("args", [["deconv", "m", "i", "--channels", "3-1"],
-                                  ["activations", "m", "i", "--size", "0"], ["frobnicate"]])
-def test_malformed_command_line_exits_2_with_one_line(args, capsys):
+@pytest.mark.parametrize("args, expected", [
+    (["deconv", "m", "i", "--channels", "3-1"], "runs backwards"),
+    (["deconv", "m", "i", "--channels", ","], "holds no index"),
+    (["deconv", "m", "i", "--method", "deconvnets"], "'deconvnets' is not one of"),
+    (["deconv", "m", "i", "--method", ""], "holds no name"),
+    (["deconv", "m", "i", "--method", "guided,guided"], "twice"),
+    (["activations", "m", "i", "--layers", " , "], "holds no name"),
+    (["deepdream", "m", "i", "--layer", "logits", "--classes", ""], "holds no name"),
+    (["demo", "--images", ""], "holds no name"),
+    (["activations", "m", "i", "--size", "0"], "not a size"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_malformed_command_line_exits_2_with_one_line(args, expected, capsys):
     with pytest.raises(SystemExit) as stop:
         cli.main(args)
     assert stop.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "error:" in err
+    assert err.count("\n") == 1 and "error:" in err and expected in err, err
+
+
+def test_help_and_bad_arguments_answer_without_loading_tensorflow():
+    """The command line parses and checks its arguments before TensorFlow loads."""
+    script = (
+        "import sys\n"
+        "from tf_cnnvis import cli\n"
+        f"for argv in ([], *([c, '--help'] for c in {COMMANDS!r}), ['--help'],\n"
+        "             ['deconv', 'm', 'i', '--method', 'lrp'], ['deconv', 'm', 'i', '--channels', '2-1']):\n"
+        "    try:\n"
+        "        cli.main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(sorted(name for name in ('tensorflow', 'keras') if name in sys.modules))\n")
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_import_gives_the_whole_api_on_first_use():
+    script = ("import sys, tf_cnnvis\n"
+              "assert 'tensorflow' not in sys.modules\n"
+              "missing = [name for name in tf_cnnvis.__all__ if not hasattr(tf_cnnvis, name)]\n"
+              "from tf_cnnvis import deconv_visualization, utils, VisualizationCallback\n"
+              "print(missing, 'tensorflow' in sys.modules, callable(deconv_visualization))\n")
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[] True True"
+
+
+def test_no_log_handler_outlives_the_command(model_file, image_files, capsys):
+    """The command's handler writes to its own call's stderr and leaves with it."""
+    import logging
+
+    library = logging.getLogger("tf_cnnvis")
+    before = list(library.handlers), library.level
+    code, _, err = run_cli(["deconv", model_file, image_files[0], "--layers", "conv1", "--channels", "0",
+                            "--no-outdir", "--no-logdir", "--memory-budget-mb", "1e-6", "-v"], capsys)
+    assert code == 0 and "tf-cnnvis: " in err  # it logged while it ran
+    assert (list(library.handlers), library.level) == before
+    library.warning("after the command")  # goes nowhere closed: no "Logging error"
+    assert "Logging error" not in capsys.readouterr().err
 
 
 def test_channel_lists_and_sizes_parse():
@@ -119,9 +174,11 @@ def test_the_command_picks_the_pooling_allocator_unless_told_otherwise(preset, e
 
 def test_layers_table_via_python_dash_m(model_file):
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop(cli.TF_LOG_LEVEL_ENV, None)  # as on a user's terminal: TensorFlow's lines are the command's to hide
     done = subprocess.run([sys.executable, "-m", "tf_cnnvis", "layers", model_file],
                           capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # none of TensorFlow's start-up lines (oneDNN, CUDA, CPU features)
     rows = done.stdout.splitlines()
     names = [row.split()[0] for row in rows[1:]]
     assert ["conv1", "pool1", "conv2", "pool2", "conv3"] == [n for n in names if "/" not in n]

@@ -19,14 +19,17 @@ import logging
 import os
 import re
 import sys
+import tempfile
 import urllib.parse
 
-from tf_cnnvis.compute import DEFAULT_MEMORY_BUDGET_MB
+from tf_cnnvis.errors import OptionError
+from tf_cnnvis.options import DEFAULT_MEMORY_BUDGET_MB, check_methods
 
 PROGRAM = "tf-cnnvis"
 CACHE_ENV = "TF_CNNVIS_CACHE"
 # TensorFlow reads it once, when it makes its first device (see console()).
 ALLOCATOR_ENV = "TF_CPU_ALLOCATOR_USE_BFC"
+TF_LOG_LEVEL_ENV = "TF_CPP_MIN_LOG_LEVEL"
 URL_SCHEMES = ("http://", "https://")
 
 logger = logging.getLogger("tf_cnnvis")
@@ -63,7 +66,17 @@ def _integers(text: str) -> list[int]:
 
 
 def _names(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"{text!r} holds no name; give one or more, separated by commas")
+    return names
+
+
+def _methods(text: str) -> list[str]:
+    try:
+        return check_methods(_names(text))
+    except OptionError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -155,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                                              "pixels with deconvnet, guided backprop or the gradient.")
     _add_common(deconv)
     _add_layer_choice(deconv)
-    deconv.add_argument("--method", type=_names, default=["deconvnet"], metavar="M[,M]",
+    deconv.add_argument("--method", type=_methods, default=["deconvnet"], metavar="M[,M]",
                         help="deconvnet (default), guided, gradient, or several separated by commas")
     deconv.add_argument("--target", choices=("map", "unit"), default="map",
                         help="map: the whole channel map (default); unit: its strongest unit")
@@ -519,7 +532,45 @@ def _quote(path: str) -> str:
 
 # --------------------------------------------------------------------------- entry point
 
-def _configure_logging(args):
+def _load_tensorflow_quietly(args):
+    """Load TensorFlow with its C++ start-up lines (oneDNN, CUDA, CPU features) kept off the terminal.
+
+    TensorFlow reads ``TF_CPP_MIN_LOG_LEVEL`` once, when it loads, and some
+    lines are written before it reads it, straight to file descriptor 2:
+    those are held back during the import and shown only if the import
+    fails. A level already in the environment wins, and ``--verbose``
+    leaves TensorFlow's own lines on.
+    """
+    if (args.command == "report" or getattr(args, "verbose", 0) or "tensorflow" in sys.modules
+            or TF_LOG_LEVEL_ENV in os.environ):
+        return
+    os.environ[TF_LOG_LEVEL_ENV] = "3"
+    with _descriptor_held_back(2, sys.stderr):
+        import tensorflow  # noqa: F401
+
+
+@contextlib.contextmanager
+def _descriptor_held_back(descriptor: int, stream):
+    """Send what is written to ``descriptor`` to a temporary file; replay it on ``stream`` on error."""
+    stream.flush()
+    saved = os.dup(descriptor)
+    try:
+        with tempfile.TemporaryFile() as held:
+            os.dup2(held.fileno(), descriptor)
+            try:
+                yield
+            except BaseException:
+                os.dup2(saved, descriptor)
+                held.seek(0)
+                stream.write(held.read().decode("utf-8", "replace"))
+                raise
+    finally:
+        os.dup2(saved, descriptor)
+        os.close(saved)
+
+
+def _configure_logging(args) -> logging.Handler:
+    """Show the library's messages on standard error for this command; returns the handler."""
     level = logging.WARNING
     if getattr(args, "quiet", False):
         level = logging.ERROR
@@ -527,20 +578,27 @@ def _configure_logging(args):
         level = logging.DEBUG
     elif getattr(args, "verbose", 0) == 1:
         level = logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{PROGRAM}: %(message)s"))
+    handler.setLevel(level)
     library = logging.getLogger("tf_cnnvis")
-    library.setLevel(level)
-    if not any(getattr(handler, "_tf_cnnvis_cli", False) for handler in library.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(f"{PROGRAM}: %(message)s"))
-        handler._tf_cnnvis_cli = True
-        library.addHandler(handler)
+    library.addHandler(handler)
+    return handler
 
 
 def main(argv=None) -> int:
-    """Run one command; return the exit status (the console script exits with it)."""
+    """Run one command; return the exit status (the console script exits with it).
+
+    Arguments are checked before TensorFlow loads, so ``--help`` and a
+    malformed command line answer at once.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
-    _configure_logging(args)
+    _load_tensorflow_quietly(args)
+    library = logging.getLogger("tf_cnnvis")
+    previous_level = library.level
+    handler = _configure_logging(args)
+    library.setLevel(handler.level)
     from tf_cnnvis.errors import TfCnnvisError
 
     try:
@@ -552,6 +610,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(f"\n{PROGRAM} {args.command}: interrupted\n")
         return 130
+    finally:
+        # The handler holds this call's standard error; a later call (or a
+        # test that swapped the stream) must not find it still attached.
+        library.removeHandler(handler)
+        library.setLevel(previous_level)
 
 
 def console():
