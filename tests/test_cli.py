@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from conftest import small_keras_model
-from tf_cnnvis import cli, demo, progress
+from tf_cnnvis import arguments, cli, demo, progress
 from tf_cnnvis.visualize import activation_visualization, deconv_visualization
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -153,8 +153,8 @@ def test_no_log_handler_outlives_the_command(model_file, image_files, capsys):
 
 
 def test_channel_lists_and_sizes_parse():
-    assert cli._integers("0,3,5-7") == [0, 3, 5, 6, 7]
-    assert cli._size("160x240") == (160, 240) and cli._size("64") == (64, 64)
+    assert arguments.integers("0,3,5-7") == [0, 3, 5, 6, 7]
+    assert arguments.size("160x240") == (160, 240) and arguments.size("64") == (64, 64)
 
 
 @pytest.mark.parametrize("preset, expected", [(None, "true"), ("false", "false")])

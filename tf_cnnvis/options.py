@@ -94,6 +94,16 @@ def check_layer_selection(layers) -> list[str]:
     return items
 
 
+def check_model_source(graph_or_path, sess_graph_path):
+    """The model, given once: as ``graph_or_path`` or, as in the original, ``sess_graph_path``."""
+    if graph_or_path is not None and sess_graph_path is not None:
+        raise OptionError("give the model once: graph_or_path or sess_graph_path, not both")
+    source = graph_or_path if graph_or_path is not None else sess_graph_path
+    if source is None:
+        raise OptionError("no model given; pass a Keras model, graph, session or a model path")
+    return source
+
+
 def _flat_items(name: str, value, strings: bool = False) -> list:
     """The items of a non-empty, flat list-like ``value`` (a list, tuple, range or 1-D array)."""
     shape = getattr(value, "shape", None)

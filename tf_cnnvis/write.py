@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import hashlib
 import itertools
+import math
 import os
 import re
 import secrets
@@ -22,7 +23,6 @@ import zlib
 import numpy as np
 
 from tf_cnnvis.errors import OutputError
-from tf_cnnvis.utils import grid_layout
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 # Temporary files are created readable by the owner only; pictures get the
@@ -220,6 +220,12 @@ class ShrunkPng:
             self.stream.write(self._shrink(self._waiting))
             self._waiting = self._waiting[:0]
         return self.stream.finish()
+
+
+def grid_layout(count: int) -> tuple[int, int]:
+    """(columns, rows) of the near-square grid that holds ``count`` cells."""
+    columns = max(1, math.ceil(math.sqrt(count)))
+    return columns, max(1, math.ceil(count / columns))
 
 
 def grid_shape(count: int, cell_shape, padding: int = 1) -> tuple[int, int, int]:

@@ -22,12 +22,11 @@ from tf_cnnvis.deepdream.render import (
 )
 from tf_cnnvis.errors import OptionError
 from tf_cnnvis.feeds import resolve_feed
-from tf_cnnvis.layers import LayerInfo, select_layers
+from tf_cnnvis.layers import LayerInfo, layer_table, select_layers
 from tf_cnnvis.load import load_model
-from tf_cnnvis.options import DEFAULT_MEMORY_BUDGET_MB
+from tf_cnnvis.options import DEFAULT_MEMORY_BUDGET_MB, check_model_source
 from tf_cnnvis.rebuild import rebuild
-from tf_cnnvis.utils import convert_into_grid
-from tf_cnnvis.visualize import VisualizationResult, _source, _Writer
+from tf_cnnvis.render import VisualizationResult, Writer, convert_into_grid
 from tf_cnnvis.write import safe_names
 
 logger = logging.getLogger("tf_cnnvis")
@@ -102,7 +101,7 @@ def deepdream_visualization(graph_or_path=None, value_feed_dict=None, layer=None
         jitter=jitter, normalize=normalize, laplacian_levels=laplacian_levels, l2=l2, tv=tv,
         bilateral=bilateral, denoise=denoise, param=param, transforms=transforms,
         learning_rate=learning_rate, seed=seed).check()
-    model = load_model(_source(graph_or_path, sess_graph_path), trust_model_code=trust_model_code)
+    model = load_model(check_model_source(graph_or_path, sess_graph_path), trust_model_code=trust_model_code)
     rebuilt = rebuild(model, "gradient")
     info = _resolve_layer(rebuilt, model, layer)
     feed = resolve_feed(model, rebuilt.graph, value_feed_dict, input_tensor)
@@ -116,6 +115,11 @@ def deepdream_visualization(graph_or_path=None, value_feed_dict=None, layer=None
     low, high = _resolve_value_range(value_range, images)
     tile = _resolve_tile_size(tile_size, rebuilt, feed, model)
 
+    result = VisualizationResult("deepdream", layers=[info])
+    # Folders are named over all the model's layers, as by the other entry
+    # functions, so a layer's pictures share one folder; bad folders fail here.
+    writer = Writer(path_outdir, path_logdir, step, result, [info],
+                    [row.name for row in layer_table(rebuilt.graph, model)])
     ops = objectives.build(rebuilt, feed.input_name, info.tensor, kind)
     objective = NetworkObjective(rebuilt, feed, ops, info, (low, high), tile, memory_budget_mb)
     count = len(indices)
@@ -136,12 +140,10 @@ def deepdream_visualization(graph_or_path=None, value_feed_dict=None, layer=None
     for name, before, after in zip(names, outcome.start_values, outcome.final_values):
         logger.info("%s %s: objective %.4g -> %.4g", info.name, name, before, after)
 
-    result = VisualizationResult("deepdream", layers=[info])
     result.arrays[info.name] = {
         "images": model_images, "classes": np.asarray(indices), "names": list(names),
         "objective_start": outcome.start_values, "objective_final": outcome.final_values,
     }
-    writer = _Writer(path_outdir, path_logdir, step, result, [info])
     if path_outdir is None and path_logdir is None:
         return result
     pictures = _pictures(model_images, outcome.images, deprocess)

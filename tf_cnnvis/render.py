@@ -1,0 +1,361 @@
+"""Render: values to uint8 pictures and grids, sent to disk and TensorBoard.
+
+One home for how a visualization looks and where its pictures go: the
+normalization and grid helpers (``image_normalization`` and
+``convert_into_grid`` keep the names and signatures of the original
+tf_cnnvis helpers, and are safe on constant images, NaN and infinities,
+which become the lowest value), the per-call :class:`Writer` that names
+layer folders and TensorBoard tags, and the grids that reconstructions
+fill chunk by chunk. The bytes themselves are written by
+:mod:`tf_cnnvis.write`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+
+import numpy as np
+
+from tf_cnnvis.errors import OptionError
+from tf_cnnvis.layers import LayerInfo
+from tf_cnnvis.write import (AtomicFile, GridPng, PngStream, ShrunkPng, SummaryWriter, encode_png,
+                             ensure_folder, grid_layout, grid_shape, inside, safe_names, summary_factor,
+                             write_atomic)
+
+@dataclasses.dataclass
+class VisualizationResult:
+    """What a visualization computed and wrote. Always truthy.
+
+    Attributes:
+        kind: ``"activations"``, ``"deconvolution"`` or ``"deepdream"``.
+        arrays: layer name -> raw values. Activations: the layer's output
+            ``(N, H, W, C)``; reconstructions: ``{method: (N, C, H, W, 3)}``.
+        layers: the LayerInfo rows that were visualized.
+        paths: every file written, in order.
+        logdir: the TensorBoard log folder written to (None if disabled).
+    """
+
+    kind: str
+    arrays: dict = dataclasses.field(default_factory=dict)
+    layers: list = dataclasses.field(default_factory=list)
+    paths: list = dataclasses.field(default_factory=list)
+    logdir: str | None = None
+
+    def __bool__(self):  # old ``if is_success:`` code keeps working
+        return True
+
+    def __getitem__(self, layer_name):
+        return self.arrays[layer_name]
+
+
+
+# --------------------------------------------------------------------------- pictures
+
+# How many values normalize_each scales at once: bounds its float64
+# temporaries (a few copies of one block, ~80 MB) whatever the batch size.
+_BLOCK_VALUES = 1 << 21
+
+
+def image_normalization(image, s=0.1, ubound=255.0):
+    """Min-max scale ``image`` to ``[0, ubound]`` as uint8.
+
+    ``s`` is kept for compatibility with the original signature and unused.
+    A constant image maps to 0; non-finite values are treated as the minimum
+    of the finite ones. The maximum maps to exactly ``ubound`` (a truncated
+    254 would leave no pixel white).
+    """
+    image = np.asarray(image)
+    if image.size == 0:
+        return np.zeros(image.shape, np.uint8)
+    return normalize_rows(image.reshape(1, -1), ubound).reshape(image.shape)
+
+
+def normalize_each(images, ubound=255.0):
+    """``image_normalization`` applied to each item of a batch on its own.
+
+    Works through the batch in blocks, so thousands of reconstructions do
+    not need several float copies of the whole batch at once.
+    """
+    images = np.asarray(images)
+    result = np.zeros(images.shape, np.uint8)
+    if images.shape[0] == 0 or images.size == 0:
+        return result
+    per_item = images.size // images.shape[0]
+    block = max(1, _BLOCK_VALUES // per_item)
+    for begin in range(0, images.shape[0], block):
+        part = images[begin:begin + block]
+        result[begin:begin + block] = normalize_rows(part.reshape(part.shape[0], -1),
+                                                      ubound).reshape(part.shape)
+    return result
+
+
+def normalize_rows(rows, ubound):
+    """Each row of a 2-D array min-max scaled on its own to uint8 ``[0, ubound]``.
+
+    Rows of finite float32 values (every reconstruction) are scaled in
+    float32, in place; the rest (NaN, infinities, spans beyond float32,
+    other dtypes) take the float64 path that handles them.
+    """
+    if rows.dtype != np.float32 or not 0 < ubound <= 255:
+        return _normalize_rows_float64(rows, ubound)
+    low, high = rows.min(axis=1, keepdims=True), rows.max(axis=1, keepdims=True)
+    with np.errstate(over="ignore", invalid="ignore"):
+        span = high - low
+    plain = np.isfinite(span[:, 0])  # False for NaN, infinities and overflowing spans
+    if not plain.all():
+        result = np.empty(rows.shape, np.uint8)
+        if plain.any():
+            result[plain] = normalize_rows(rows[plain], ubound)
+        result[~plain] = _normalize_rows_float64(rows[~plain], ubound)
+        return result
+    scaled = np.subtract(rows, low)
+    # (x - low) / span is exactly 1 at the maximum, so it maps to ubound itself.
+    scaled /= np.where(span > 0, span, np.float32(1))
+    scaled *= np.float32(ubound)
+    scaled[(span <= 0)[:, 0]] = 0
+    np.clip(scaled, 0, min(ubound, 255), out=scaled)
+    return scaled.astype(np.uint8)
+
+
+def _normalize_rows_float64(rows, ubound):
+    rows = rows.astype(np.float64)
+    finite = np.isfinite(rows)
+    low = np.where(finite, rows, np.inf).min(axis=1, keepdims=True)
+    high = np.where(finite, rows, -np.inf).max(axis=1, keepdims=True)
+    nothing_finite = ~np.isfinite(low)
+    low, high = np.where(nothing_finite, 0.0, low), np.where(nothing_finite, 0.0, high)
+    with np.errstate(over="ignore"):
+        overflow = ~np.isfinite(high - low)  # e.g. -1e308..1e308: halving is exact and fits
+    if overflow.any():
+        factor = np.where(overflow, 0.5, 1.0)
+        rows, low, high = rows * factor, low * factor, high * factor
+    span = high - low
+    with np.errstate(invalid="ignore", over="ignore"):
+        # (x - low) / span is exactly 1 at the maximum, so it maps to ubound itself.
+        scaled = (rows - low) / np.where(span > 0, span, 1.0) * ubound
+    scaled = np.where(finite & (span > 0), scaled, 0.0)
+    return np.clip(scaled, 0, min(ubound, 255)).astype(np.uint8)
+
+
+def convert_into_grid(Xs, padding=1, ubound=255.0):  # noqa: N803 - original name
+    """Tile ``Xs`` of shape (N, H, W, C) into a near-square grid, uint8.
+
+    Cells are separated by ``padding`` pixels of value ``ubound``; empty
+    cells at the end stay ``ubound`` too.
+    """
+    Xs = np.asarray(Xs)
+    if Xs.ndim == 3:
+        Xs = Xs[..., None]
+    if Xs.ndim != 4:
+        raise ValueError(f"convert_into_grid takes an array of shape (N, H, W, C); got shape {Xs.shape}")
+    n, height, width, channels = Xs.shape
+    if padding < 0:
+        raise ValueError(f"padding={padding!r} must be >= 0")
+    columns, rows = grid_layout(n)
+    if Xs.dtype != np.uint8:
+        with np.errstate(over="ignore"):  # beyond float32 is beyond 255 anyway
+            cells = np.clip(np.nan_to_num(Xs.astype(np.float32, copy=False), nan=0.0, posinf=ubound,
+                                          neginf=0.0), 0, 255).astype(np.uint8)
+    else:
+        cells = Xs
+    grid = np.full((rows * height + padding * (rows - 1), columns * width + padding * (columns - 1),
+                    channels), min(ubound, 255), dtype=np.uint8)
+    for index in range(n):
+        row, column = divmod(index, columns)
+        y, x = row * (height + padding), column * (width + padding)
+        grid[y:y + height, x:x + width] = cells[index]
+    return grid
+
+
+def image_parts(index: int, count: int) -> tuple[str, ...]:
+    return (f"image_{index:03d}",) if count > 1 else ()
+
+
+def image_tag(layer: LayerInfo, what: str, index: int, count: int) -> str:
+    return f"{layer.name}/{what}" + (f"/image_{index:03d}" if count > 1 else "")
+
+
+def feature_grid(values: np.ndarray) -> np.ndarray:
+    """One image's activations ``(H, W, C)`` or ``(C,)`` as a uint8 grid."""
+    if values.ndim == 1:  # a dense layer: one pixel per unit, enlarged
+        side = int(np.ceil(np.sqrt(values.size)))
+        padded = np.full(side * side, np.nan)
+        padded[:values.size] = values
+        cells = image_normalization(padded.reshape(side, side))
+        return np.kron(cells, np.ones((8, 8), np.uint8))
+    maps = np.moveaxis(values, -1, 0)[..., None]  # (C, H, W, 1)
+    return convert_into_grid(normalize_each(maps))
+
+
+class ReconstructionGrids:
+    """Receives one layer's reconstructions chunk by chunk: keeps and/or renders them.
+
+    Each chunk is scaled and placed into its image's grid (encoded as it
+    fills) and, with ``save_channels``, written one PNG per channel, so
+    rendering never holds more than a chunk and a row of grid cells.
+    """
+
+    def __init__(self, writer: Writer, layer: LayerInfo, parts: tuple[str, ...], numbers, count: int,
+                 image_shape, keep: bool, save_channels: bool):
+        self.writer, self.layer, self.parts, self.numbers = writer, layer, parts, numbers
+        self.count, self.save_channels = count, save_channels
+        self.arrays = np.zeros((count, len(numbers)) + tuple(image_shape), np.float32) if keep else None
+        cell = tuple(image_shape[:2]) + (_display_channels(image_shape[-1]),)
+        what = "/".join(parts)
+        self.grids = []
+        try:
+            for image in range(count if writer.enabled else 0):
+                self.grids.append(writer.grid(layer, parts + image_parts(image, count), "grid_image.png",
+                                              len(numbers), cell, image_tag(layer, what, image, count)))
+        except BaseException:
+            self.discard()
+            raise
+
+    def __call__(self, image: int, first: int, values: np.ndarray):
+        if self.arrays is not None:
+            self.arrays[image, first:first + len(values)] = values
+        if not self.grids:
+            return
+        pictures = normalize_each(_displayable(values))
+        self.grids[image].add(pictures)
+        if self.save_channels:
+            parts = self.parts + image_parts(image, self.count) + ("channels",)
+            for offset, picture in enumerate(pictures):
+                self.writer.image(self.layer, parts, f"channel_{self.numbers[first + offset]:04d}.png",
+                                  picture, None)
+
+    def finish(self):
+        for grid in self.grids:
+            grid.finish()
+
+    def discard(self):
+        for grid in self.grids:
+            grid.discard()
+
+
+_SHOWN_CHANNELS = (1, 3, 4)  # grey, RGB, RGBA; any other count is shown as its mean
+
+
+def _display_channels(channels: int) -> int:
+    return channels if channels in _SHOWN_CHANNELS else 1
+
+
+def _displayable(values: np.ndarray) -> np.ndarray:
+    """Pictures of ``(k, H, W, C)`` values: C kept for 1, 3 or 4 channels, else their mean."""
+    if values.shape[-1] in _SHOWN_CHANNELS:
+        return values
+    return values.mean(axis=-1, keepdims=True)
+
+
+# --------------------------------------------------------------------------- the writer
+
+class Writer:
+    """Writes one call's pictures to ``path_outdir`` and ``path_logdir``."""
+
+    def __init__(self, path_outdir, path_logdir, step, result: VisualizationResult, layers,
+                 model_names=()):
+        if not isinstance(step, (int, np.integer)) or isinstance(step, bool):
+            raise OptionError(f"step={step!r} must be an integer")
+        self.outdir = ensure_folder(path_outdir, "output folder") if path_outdir is not None else None
+        self.summary = SummaryWriter.for_logdir(path_logdir) if path_logdir is not None else None
+        self.step = int(step)
+        self.result = result
+        result.logdir = self.summary.logdir if self.summary else None
+        # Folders are named over every layer of the model, not only this call's:
+        # "a/b" drawn today and "a_b" tomorrow must not share the folder "a_b".
+        self.folders = safe_names(list(dict.fromkeys([*model_names, *(layer.name for layer in layers)])))
+        # With neither folder there is nothing to render: grids of thousands of
+        # channels would cost gigabytes for nothing.
+        self.enabled = self.outdir is not None or self.summary is not None
+        self._pending: dict[str, tuple] = {}
+
+    def image(self, layer: LayerInfo, parts: tuple[str, ...], filename: str, picture: np.ndarray,
+              tag: str | None):
+        """Encode ``picture`` once; write it to disk and queue it for TensorBoard."""
+        shape = picture.shape[:2] + (1 if picture.ndim == 2 else picture.shape[-1],)
+        factor = summary_factor(shape)
+        self.png(layer, parts, filename, encode_png(picture), shape, tag if factor == 1 else None)
+        if factor > 1 and tag is not None and self.summary is not None:
+            shrunk = ShrunkPng(*shape, factor)
+            shrunk.write(picture)
+            self.queue(tag, shrunk.finish(), shrunk.shape,
+                       self.reduction_note(shape, factor, layer, parts, filename))
+
+    def png(self, layer: LayerInfo, parts: tuple[str, ...], filename: str, png: bytes, shape, tag: str | None):
+        """Write encoded ``png`` of ``shape`` (H, W, C) to disk and queue it for TensorBoard."""
+        if self.outdir is not None:
+            self.result.paths.append(write_atomic(self.path(layer, parts, filename), png))
+        if tag is not None:
+            self.queue(tag, png, shape)
+
+    def path(self, layer: LayerInfo, parts: tuple[str, ...], filename: str) -> str:
+        return inside(self.outdir, self.folders[layer.name], *parts, filename)
+
+    def queue(self, tag: str, png: bytes, shape, description: str = ""):
+        if self.summary is not None:
+            self._pending[tag] = (png, *shape, description)
+
+    def grid(self, layer: LayerInfo, parts: tuple[str, ...], filename: str, count: int, cell_shape,
+             tag: str) -> "GridOutput":
+        """A grid of ``count`` cells, written as its cells arrive (see :class:`GridOutput`)."""
+        return GridOutput(self, layer, parts, filename, count, cell_shape, tag)
+
+    def reduction_note(self, shape, factor: int, layer: LayerInfo, parts, filename) -> str:
+        """The TensorBoard description of a picture of ``shape`` shown ``factor`` times smaller."""
+        where = f"; every pixel is in {self.path(layer, parts, filename)}" if self.outdir is not None else ""
+        return f"reduced {factor}x from {shape[1]}x{shape[0]} px{where}"
+
+    def flush(self):
+        if self.summary is not None and self._pending:
+            self.summary.add_images(self._pending, self.step)
+            self._pending = {}
+
+
+class GridOutput:
+    """One grid of reconstructions, filled cell by cell and written by :meth:`finish`.
+
+    A grid within TensorBoard's size limit is encoded in memory and the
+    same bytes go to disk and to the event file. A larger one is encoded
+    straight into its (temporary) file, and TensorBoard gets a reduced copy
+    made from the same rows: a 4096-cell grid never sits in memory, whole or
+    compressed. :meth:`discard` removes the temporary file of a grid that
+    will not be finished.
+    """
+
+    def __init__(self, writer: Writer, layer: LayerInfo, parts, filename: str, count: int, cell_shape,
+                 tag: str):
+        self.writer, self.layer, self.parts, self.filename, self.tag = writer, layer, parts, filename, tag
+        self.shape = grid_shape(count, cell_shape)
+        self.factor = summary_factor(self.shape)
+        self.file = None
+        outputs = []
+        if self.factor == 1:
+            outputs.append(PngStream(*self.shape, strategy=zlib.Z_RLE))
+        else:
+            if writer.outdir is not None:
+                self.file = AtomicFile(writer.path(layer, parts, filename))
+                outputs.append(PngStream(*self.shape, out=self.file, strategy=zlib.Z_RLE))
+            if writer.summary is not None:
+                outputs.append(ShrunkPng(*self.shape, self.factor))
+        self.outputs = outputs
+        self.grid = GridPng(count, cell_shape, outputs=outputs)
+
+    def add(self, cells: np.ndarray):
+        self.grid.add(cells)
+
+    def finish(self):
+        results = self.grid.finish()
+        writer = self.writer
+        if self.factor == 1:
+            writer.png(self.layer, self.parts, self.filename, results[0], self.shape, self.tag)
+            return
+        if self.file is not None:
+            writer.result.paths.append(self.file.commit())
+        if writer.summary is not None:
+            writer.queue(self.tag, results[-1], self.outputs[-1].shape,
+                         writer.reduction_note(self.shape, self.factor, self.layer, self.parts, self.filename))
+
+    def discard(self):
+        if self.file is not None:
+            self.file.discard()
