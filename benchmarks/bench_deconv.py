@@ -41,7 +41,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from common import five_block_graph, image, peak_rss_gb, table, timed  # noqa: E402
 
 import tf_cnnvis  # noqa: E402
 from tf_cnnvis import compute  # noqa: E402
@@ -51,6 +50,8 @@ from tf_cnnvis.load import load_model  # noqa: E402
 from tf_cnnvis.rebuild import RebuiltGraph, clear_cache, rebuild  # noqa: E402
 from tf_cnnvis.utils import convert_into_grid, image_normalization  # noqa: E402
 from tf_cnnvis.write import SummaryWriter, encode_png, write_atomic  # noqa: E402
+
+from common import five_block_graph, image, peak_rss_gb, table, timed  # noqa: E402
 
 
 @tf.RegisterGradient("OriginalGuidedRelu")
@@ -155,9 +156,9 @@ def unit_work_bounds(rebuilt, feed, layers):
 
 def _convolutions_below(rebuilt, input_name, tensor_name):
     """The convolutions between the input and ``tensor_name`` (the backward pass's own path)."""
-    from tf_cnnvis.backward import _path
+    from tf_cnnvis.backward import backward_path
 
-    path = _path(rebuilt.tensor(tensor_name), rebuilt.tensor(input_name), rebuilt.dependent_ops(input_name))
+    path = backward_path(rebuilt.tensor(tensor_name), rebuilt.tensor(input_name), rebuilt.dependent_ops(input_name))
     if path is None:
         raise ValueError(f"no single path of ops from {input_name!r} to {tensor_name!r} to count")
     return [op for op in path if op.type in ("Conv2D", "DepthwiseConv2dNative")]

@@ -60,10 +60,10 @@ def measure(budget: float, channels: int, mode: str) -> dict:
     """One budget, in this process (run it in a fresh one)."""
     import time
 
-    from common import image, peak_rss_gb
-
     import tf_cnnvis
     from tf_cnnvis import compute
+
+    from common import image, peak_rss_gb
 
     graph = wide_graph(channels)
     feed = {"x": image(SIZE)}

@@ -45,7 +45,7 @@ def main():
     graph = tf.Graph()
     with graph.as_default():
         tf1.set_random_seed(0)
-        X = tf1.placeholder(tf.float32, [None, args.size, args.size, 1], name="X")
+        X = tf1.placeholder(tf.float32, [None, args.size, args.size, 1], name="X")  # noqa: N806 - the original's name
         y = tf1.placeholder(tf.int64, [None], name="y")
         w1 = tf1.get_variable("w1", [5, 5, 1, 8])
         w2 = tf1.get_variable("w2", [3, 3, 8, 16])

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import small_keras_model
 from tf_cnnvis import arguments, cli, demo, progress
 from tf_cnnvis.visualize import activation_visualization, deconv_visualization
+
+from conftest import small_keras_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMANDS = ("layers", "activations", "deconv", "deepdream", "report", "demo")

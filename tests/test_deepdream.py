@@ -9,7 +9,6 @@ import os
 
 import numpy as np
 import pytest
-from numerics import assert_reordered_close
 
 from tf_cnnvis import errors, load, models, rebuild
 from tf_cnnvis.deepdream import deepdream_visualization, normalize, objectives, regularizers, transforms
@@ -18,6 +17,8 @@ from tf_cnnvis.deepdream.render import NetworkObjective, octave_sizes
 from tf_cnnvis.deepdream.tiling import TilePlan
 from tf_cnnvis.feeds import resolve_feed
 from tf_cnnvis.layers import select_layers
+
+from numerics import assert_reordered_close
 
 QUICK = dict(path_logdir=None, path_outdir=None, iterations=3, octaves=1)
 

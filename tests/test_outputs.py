@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 import tf_cnnvis
-from tf_cnnvis.utils import convert_into_grid, image_normalization
 from tf_cnnvis import write
+from tf_cnnvis.utils import convert_into_grid, image_normalization
 from tf_cnnvis.write import safe_names
 
 from conftest import small_keras_model

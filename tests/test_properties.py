@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-from tf_cnnvis.render import convert_into_grid, image_normalization, normalize_each, normalize_rows
 from tf_cnnvis import write
+from tf_cnnvis.render import convert_into_grid, image_normalization, normalize_each, normalize_rows
 from tf_cnnvis.write import GridPng, PngStream, ShrunkPng, encode_png, inside, safe_names
 
 SAFE_CHARACTERS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")

@@ -7,19 +7,14 @@ must give, border units included. Average pooling is used there because max
 pooling routes the gradient to one pixel per window.
 """
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-from tf_cnnvis.receptive_field import (
-    ReceptiveField,
-    ReceptiveFieldError,
-    UnsupportedOpError,
-    receptive_field,
-    receptive_fields,
-)
+from tf_cnnvis.errors import ReceptiveFieldError, UnsupportedOpError
+from tf_cnnvis.receptive_field import ReceptiveField, receptive_field, receptive_fields
 
 v1 = tf.compat.v1
 

@@ -22,11 +22,12 @@ import urllib.request
 import numpy as np
 import pytest
 from PIL import Image
-
-from conftest import small_keras_model
 from test_gallery_browser import headless_chromium
+
 from tf_cnnvis.visualize import activation_visualization, deconv_visualization
 from tf_cnnvis.write import SummaryWriter
+
+from conftest import small_keras_model
 
 STARTUP_SECONDS = 120
 

@@ -30,7 +30,9 @@ from tf_cnnvis.errors import (
     OptionError,
     OutOfMemoryError,
     OutputError,
+    ReceptiveFieldError,
     TfCnnvisError,
+    UnsupportedOpError,
     UntrustedModelError,
 )
 
@@ -57,7 +59,8 @@ _LAZY = {
 
 __all__ = sorted([
     "FeedError", "LayerNotFoundError", "ModelLoadError", "ModelNotFoundError", "OptionError",
-    "OutOfMemoryError", "OutputError", "TfCnnvisError", "UntrustedModelError", *_LAZY,
+    "OutOfMemoryError", "OutputError", "ReceptiveFieldError", "TfCnnvisError", "UnsupportedOpError",
+    "UntrustedModelError", *_LAZY,
 ])
 
 

@@ -23,8 +23,8 @@ import keras
 import numpy as np
 
 from tf_cnnvis.errors import FeedError, OptionError
-from tf_cnnvis.options import (DEFAULT_MEMORY_BUDGET_MB, METHODS, check_channels, check_layer_selection,
-                               check_memory_budget, check_target)
+from tf_cnnvis.options import (DEFAULT_MEMORY_BUDGET_MB, METHODS, check_channels, check_integer,
+                               check_layer_selection, check_memory_budget, check_target)
 from tf_cnnvis.visualize import activation_visualization, deconv_visualization
 from tf_cnnvis.write import SummaryWriter
 
@@ -68,8 +68,7 @@ class VisualizationCallback(keras.callbacks.Callback):
         if unknown or not chosen:
             raise OptionError(f"visualizations={visualizations!r}: each must be one of "
                               f"{', '.join(map(repr, VISUALIZATIONS))}")
-        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
-            raise OptionError(f"every_n_epochs={every_n_epochs!r} must be an integer >= 1")
+        check_integer("every_n_epochs", every_n_epochs, 1)
         if any(np.size(value) == 0 for value in (images.values() if isinstance(images, dict) else [images])):
             raise FeedError("images holds no image; give a batch of at least one image")
         check_target(target)

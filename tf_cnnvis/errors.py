@@ -45,3 +45,20 @@ class OutOfMemoryError(TfCnnvisError, MemoryError):
 
 class OutputError(TfCnnvisError, OSError):
     """An output or log folder cannot be used."""
+
+
+class ReceptiveFieldError(TfCnnvisError, ValueError):
+    """No receptive field can be given for this tensor, input and image size."""
+
+
+class UnsupportedOpError(ReceptiveFieldError):
+    """An op on the input-to-output path whose spatial effect is not modelled.
+
+    Raised rather than guessing, because a wrong field silently corrupts the
+    crops and checks built on it.
+    """
+
+    def __init__(self, op, why: str):
+        self.op_type = op.type
+        self.op_name = op.name
+        super().__init__(f"cannot compute a receptive field through {op.type} op '{op.name}': {why}")

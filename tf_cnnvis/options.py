@@ -23,6 +23,19 @@ def _choices(values) -> str:
     return ", ".join(map(repr, values))
 
 
+def is_integer(value) -> bool:
+    """An int or NumPy integer, but not a bool (``True`` is no channel index)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_integer(name: str, value, minimum: int | None = None, unit: str = "") -> int:
+    """``value`` as an int, refused with its ``name`` unless an integer of at least ``minimum``."""
+    if not is_integer(value) or (minimum is not None and value < minimum):
+        bound = f" >= {minimum}" if minimum is not None else ""
+        raise OptionError(f"{name}={value!r} must be an integer{bound}" + (f" ({unit})" if unit else ""))
+    return int(value)
+
+
 def check_method(method) -> str:
     if not isinstance(method, str) or method not in METHODS:
         raise OptionError(f"method {method!r} is not one of {_choices(METHODS)}")
@@ -65,13 +78,13 @@ def check_channels(channels, count: int | None = None, layer: str | None = None)
     """
     if channels is None:
         return None
-    items = [channels] if _is_integer(channels) else _flat_items("channels", channels)
+    items = [channels] if is_integer(channels) else _flat_items("channels", channels)
     _refuse_repeats("channels", items)
     if count is None:
         return items
     valid = f"0..{count - 1}" + (f" for layer {layer!r}" if layer is not None else "")
     for item in items:
-        if not _is_integer(item):
+        if not is_integer(item):
             raise OptionError(f"channel {item!r} is not an integer; give indices in {valid}")
         if not 0 <= item < count:
             raise OptionError(f"channel {item} is out of range for layer {layer!r}, which has {count} "
@@ -129,6 +142,3 @@ def _refuse_repeats(name: str, items: list):
         except TypeError:  # unhashable (a nested list): the item checks report it
             continue
 
-
-def _is_integer(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)

@@ -16,6 +16,7 @@ import sys
 import time
 
 from tf_cnnvis.errors import OptionError
+from tf_cnnvis.options import check_integer
 
 _BAR_WIDTH = 28
 # Redrawing more often than this only costs time: the eye cannot follow it.
@@ -37,8 +38,8 @@ class ProgressBar:
 
     def __init__(self, total: int | None, description: str = "", stream=None,
                  enabled: bool | None = None):
-        if total is not None and (isinstance(total, bool) or not isinstance(total, int) or total < 0):
-            raise OptionError(f"progress total={total!r} must be a non-negative integer or None")
+        if total is not None:
+            check_integer("progress total", total, 0)
         self.total = total or None
         self.description = description
         self.stream = sys.stderr if stream is None else stream

@@ -30,7 +30,7 @@ import logging
 import numpy as np
 import tensorflow as tf
 
-from tf_cnnvis.errors import TfCnnvisError
+from tf_cnnvis.errors import ReceptiveFieldError, UnsupportedOpError
 
 __all__ = [
     "ReceptiveField",
@@ -108,23 +108,6 @@ def _clip(lo: int, hi: int, length: int) -> tuple[int, int]:
     """Clip a half-open interval to ``[0, length)``, keeping it well formed when empty."""
     lo = min(max(lo, 0), length)
     return lo, max(min(hi, length), lo)
-
-
-class ReceptiveFieldError(TfCnnvisError, ValueError):
-    """No receptive field can be given for this tensor, input and image size."""
-
-
-class UnsupportedOpError(ReceptiveFieldError):
-    """An op on the input-to-output path whose spatial effect is not modelled.
-
-    Raised rather than guessing, because a wrong field silently corrupts the
-    crops and checks built on it.
-    """
-
-    def __init__(self, op: tf.Operation, why: str):
-        self.op_type = op.type
-        self.op_name = op.name
-        super().__init__(f"cannot compute a receptive field through {op.type} op '{op.name}': {why}")
 
 
 # ---------------------------------------------------------------------------
@@ -374,7 +357,7 @@ def _check_input_shape(source: tf.Tensor, input_size: tuple[int, int]) -> None:
 # The walk.
 
 
-class _NotStatic(Exception):
+class _NotStaticError(Exception):
     """A parameter that cannot be computed without running the network."""
 
 
@@ -425,7 +408,7 @@ class _Walk:
         """
         try:
             return self._evaluate(op.inputs[position])
-        except _NotStatic as missing:
+        except _NotStaticError as missing:
             raise UnsupportedOpError(
                 op, f"its {what} (input {position}) cannot be computed from shapes: {missing}"
             ) from None
@@ -453,7 +436,7 @@ class _Walk:
             elif op.type in _SHAPE_ARITHMETIC:
                 value = _SHAPE_ARITHMETIC[op.type](*(self._evaluate(t) for t in op.inputs))
             else:
-                raise _NotStatic(f"{op.type} op '{op.name}' is not shape arithmetic")
+                raise _NotStaticError(f"{op.type} op '{op.name}' is not shape arithmetic")
         value = np.asarray(value, dtype=tensor.dtype.as_numpy_dtype)
         self._values[tensor.name] = value
         return value
@@ -463,14 +446,14 @@ class _Walk:
         shape = tensor.shape.as_list() if tensor.shape.rank is not None else None
         state = self.states.get(tensor.name)
         if shape is None or not isinstance(state, (_Spatial, _Independent)):
-            raise _NotStatic(f"the shape of '{tensor.name}' is unknown")
+            raise _NotStaticError(f"the shape of '{tensor.name}' is unknown")
         if isinstance(state, _Spatial):
             for axis, field in zip(state.axes, state.fields):
                 shape[len(shape) + axis] = field.length
             if shape[0] is None:
                 shape[0] = 1
         if None in shape:
-            raise _NotStatic(f"the shape of '{tensor.name}' is only partly known: {tensor.shape}")
+            raise _NotStaticError(f"the shape of '{tensor.name}' is only partly known: {tensor.shape}")
         return shape
 
 

@@ -17,11 +17,12 @@ import zlib
 
 import numpy as np
 
-from tf_cnnvis.errors import OptionError
 from tf_cnnvis.layers import LayerInfo
+from tf_cnnvis.options import check_integer
 from tf_cnnvis.write import (AtomicFile, GridPng, PngStream, ShrunkPng, SummaryWriter, encode_png,
                              ensure_folder, grid_layout, grid_shape, inside, safe_names, summary_factor,
                              write_atomic)
+
 
 @dataclasses.dataclass
 class VisualizationResult:
@@ -144,9 +145,9 @@ def convert_into_grid(Xs, padding=1, ubound=255.0):  # noqa: N803 - original nam
     Cells are separated by ``padding`` pixels of value ``ubound``; empty
     cells at the end stay ``ubound`` too.
     """
-    Xs = np.asarray(Xs)
+    Xs = np.asarray(Xs)  # noqa: N806 - the original's argument name
     if Xs.ndim == 3:
-        Xs = Xs[..., None]
+        Xs = Xs[..., None]  # noqa: N806
     if Xs.ndim != 4:
         raise ValueError(f"convert_into_grid takes an array of shape (N, H, W, C); got shape {Xs.shape}")
     n, height, width, channels = Xs.shape
@@ -255,11 +256,9 @@ class Writer:
 
     def __init__(self, path_outdir, path_logdir, step, result: VisualizationResult, layers,
                  model_names=()):
-        if not isinstance(step, (int, np.integer)) or isinstance(step, bool):
-            raise OptionError(f"step={step!r} must be an integer")
+        self.step = check_integer("step", step)
         self.outdir = ensure_folder(path_outdir, "output folder") if path_outdir is not None else None
         self.summary = SummaryWriter.for_logdir(path_logdir) if path_logdir is not None else None
-        self.step = int(step)
         self.result = result
         result.logdir = self.summary.logdir if self.summary else None
         # Folders are named over every layer of the model, not only this call's:
@@ -297,7 +296,7 @@ class Writer:
             self._pending[tag] = (png, *shape, description)
 
     def grid(self, layer: LayerInfo, parts: tuple[str, ...], filename: str, count: int, cell_shape,
-             tag: str) -> "GridOutput":
+             tag: str) -> GridOutput:
         """A grid of ``count`` cells, written as its cells arrive (see :class:`GridOutput`)."""
         return GridOutput(self, layer, parts, filename, count, cell_shape, tag)
 

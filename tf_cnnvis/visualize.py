@@ -20,8 +20,8 @@ from tf_cnnvis.options import (DEFAULT_MEMORY_BUDGET_MB, check_channels, check_l
                                check_memory_budget, check_methods, check_model_source, check_target)
 from tf_cnnvis.progress import progress_bar
 from tf_cnnvis.rebuild import rebuild
-from tf_cnnvis.render import (ReconstructionGrids, VisualizationResult, Writer, feature_grid, image_normalization,
-                              image_parts, image_tag)
+from tf_cnnvis.render import (ReconstructionGrids, VisualizationResult, Writer, feature_grid,
+                              image_normalization, image_parts, image_tag)
 
 logger = logging.getLogger("tf_cnnvis")
 

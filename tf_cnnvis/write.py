@@ -422,7 +422,7 @@ class SummaryWriter:
     file is, so large grids cost no Python-level checksumming.
     """
 
-    _writers: dict[str, "SummaryWriter"] = {}
+    _writers: dict[str, SummaryWriter] = {}
     _lock = threading.Lock()
 
     def __init__(self, logdir: str):
@@ -443,7 +443,7 @@ class SummaryWriter:
     _serial = itertools.count()
 
     @classmethod
-    def for_logdir(cls, logdir: str) -> "SummaryWriter":
+    def for_logdir(cls, logdir: str) -> SummaryWriter:
         key = os.path.abspath(logdir)
         with cls._lock:
             writer = cls._writers.get(key)

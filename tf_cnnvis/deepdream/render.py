@@ -29,7 +29,7 @@ from tf_cnnvis.deepdream.tiling import TilePlan
 from tf_cnnvis.errors import OptionError
 from tf_cnnvis.feeds import Feed
 from tf_cnnvis.layers import LayerInfo
-from tf_cnnvis.options import DEFAULT_MEMORY_BUDGET_MB
+from tf_cnnvis.options import DEFAULT_MEMORY_BUDGET_MB, check_integer
 from tf_cnnvis.rebuild import RebuiltGraph
 
 logger = logging.getLogger("tf_cnnvis")
@@ -61,14 +61,12 @@ class DreamSettings:
     learning_rate: float = 0.05
     seed: int = 0
 
-    def check(self) -> "DreamSettings":
+    def check(self) -> DreamSettings:
         positive_ints = {"iterations": self.iterations, "octaves": self.octaves,
                          "laplacian_levels": self.laplacian_levels}
         for name, value in positive_ints.items():
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise OptionError(f"{name}={value!r} must be an integer >= 1")
-        if isinstance(self.jitter, bool) or not isinstance(self.jitter, (int, np.integer)) or self.jitter < 0:
-            raise OptionError(f"jitter={self.jitter!r} must be an integer >= 0 (pixels)")
+            check_integer(name, value, 1)
+        check_integer("jitter", self.jitter, 0, "pixels")
         if not self.octave_scale >= 1:
             raise OptionError(f"octave_scale={self.octave_scale!r} must be >= 1")
         for name in ("step_size", "learning_rate", "bilateral_range"):

@@ -43,7 +43,7 @@ class TilePlan:
     corners: tuple[tuple[int, int], ...]
 
     @classmethod
-    def for_image(cls, image_size, tile_size=None) -> "TilePlan":
+    def for_image(cls, image_size, tile_size=None) -> TilePlan:
         height, width = (int(v) for v in image_size)
         if tile_size is None:
             return cls((height, width), (height, width), ((0, 0),))

@@ -24,7 +24,7 @@ from tf_cnnvis.errors import OptionError
 from tf_cnnvis.feeds import resolve_feed
 from tf_cnnvis.layers import LayerInfo, layer_table, select_layers
 from tf_cnnvis.load import load_model
-from tf_cnnvis.options import DEFAULT_MEMORY_BUDGET_MB, check_model_source
+from tf_cnnvis.options import DEFAULT_MEMORY_BUDGET_MB, check_model_source, is_integer
 from tf_cnnvis.rebuild import rebuild
 from tf_cnnvis.render import VisualizationResult, Writer, convert_into_grid
 from tf_cnnvis.write import safe_names
@@ -199,7 +199,7 @@ def _resolve_classes(classes, labels, info: LayerInfo, kind: str, image_count: i
                 raise OptionError(f"class {item!r} is not one of the labels {labels}{hint}")
             indices.append(labels.index(item))
             continue
-        if isinstance(item, bool) or not isinstance(item, (int, np.integer)):
+        if not is_integer(item):
             raise OptionError(f"class {item!r} is not an integer index; give {what} of layer "
                               f"{info.name!r} as integers 0..{size - 1}" + (" or label names" if labels else ""))
         if not 0 <= item < size:
@@ -238,7 +238,7 @@ def _resolve_value_range(value_range, images):
 
 def _resolve_tile_size(tile_size, rebuilt, feed, model):
     if tile_size is not None:
-        if isinstance(tile_size, (int, np.integer)) and not isinstance(tile_size, bool):
+        if is_integer(tile_size):
             tile_size = (tile_size, tile_size)
         try:
             tile = tuple(int(v) for v in tile_size)
