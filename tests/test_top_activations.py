@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from tf_cnnvis import compute
 from tf_cnnvis.errors import FeedError, OptionError
 from tf_cnnvis.top_activations import (
     StreamingTopK,
@@ -165,6 +166,32 @@ def test_reconstructions_are_the_units_gradient_inside_its_box(model_and_images)
             outside = gradient.copy()
             outside[sy0:sy1, sx0:sx1] = 0
             assert not outside.any()  # nothing of the unit's gradient lies outside its box
+
+
+def test_reconstructions_survive_a_backend_that_refuses_big_batches(model_and_images, monkeypatch):
+    """Reconstructions go through compute's crop path: an out-of-memory chunk is halved, not fatal."""
+    model, images = model_and_images
+    options = dict(k=3, channels=[0, 1, 5], method="deconvnet", path_outdir=None)
+    expected = top_activations(model, images[:40], ["conv2", "conv3"], **options)
+    real_run = compute.run
+    sizes = []
+
+    def run_with_little_memory(rebuilt, fetches, feed_dict):
+        batch = max((len(value) for key, value in feed_dict.items()
+                     if getattr(key, "dtype", None) == tf.int32), default=1)  # the chunk's units
+        sizes.append(batch)
+        if batch > 2:
+            raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+        return real_run(rebuilt, fetches, feed_dict)
+
+    monkeypatch.setattr(compute, "run", run_with_little_memory)
+    got = top_activations(model, images[:40], ["conv2", "conv3"], **options)
+    assert max(sizes) > 2 and sizes[-1] <= 2  # it was refused, then went on in smaller chunks
+    for name in ("conv2", "conv3"):
+        np.testing.assert_array_equal(got[name].image_index, expected[name].image_index)
+        np.testing.assert_array_equal(got[name].boxes, expected[name].boxes)
+        assert got[name].reconstructions.any()
+        assert_reordered_close(got[name].reconstructions, expected[name].reconstructions)  # other chunk sizes
 
 
 def decode(path):

@@ -191,7 +191,7 @@ def reconstruct(rebuilt: RebuiltGraph, feed: Feed, layer: LayerInfo, target: str
         yx = strongest_units(layer_values)[:, channels]  # (N, K, 2)
         plan = crop_plan(rebuilt, feed, layer) if crop else None
         if plan is not None:
-            _reconstruct_crops(rebuilt, feed, layer, plan, channels, yx, sink, memory_budget_mb, progress)
+            _units_of_every_image(rebuilt, feed, layer, plan, channels, yx, sink, memory_budget_mb, progress)
             return result
         rows = [np.column_stack([yx[n], channels]) for n in range(n_images)]
     else:
@@ -282,39 +282,73 @@ def _in_chunks(total: int, batch: int, layer: LayerInfo, run_chunk) -> int:
     return batch
 
 
-def _reconstruct_crops(rebuilt, feed, layer, plan, channels, yx, sink, memory_budget_mb, progress):
-    """Single units on crops: a batch of different crops per backward pass."""
+def reconstruct_units(rebuilt: RebuiltGraph, feed: Feed, layer: LayerInfo, image_ids, units, channels, sink,
+                      plan: CropPlan | None = None, memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
+                      progress=None) -> None:
+    """Single-unit reconstructions from several images, a batch of different crops per backward pass.
+
+    Item ``i`` is the reconstruction of the unit at ``units[i]`` ``(y, x)``
+    of channel ``channels[i]`` in image ``feed.images[image_ids[i]]``,
+    computed on ``plan``'s crop around the unit's receptive field (on the
+    whole image when ``plan`` is None; ``units`` is unused for a dense
+    layer). ``sink(first, values, offsets)`` receives items ``first,
+    first + 1, ...`` in order, on a second thread while the next chunk is
+    computed: their reconstructions on their crops, and each crop's corner
+    ``(y, x)`` in its image. A chunk the backend has no memory for is
+    halved and run again.
+    """
     images = feed.images
-    pairs = [(n, k) for n in range(images.shape[0]) for k in range(len(channels))]
+    image_ids = np.asarray(image_ids, np.int64).reshape(-1)
+    units = np.asarray(units, np.int64).reshape(-1, 2)
+    channels = np.asarray(channels, np.int64).reshape(-1)
+    spatial = len(layer.shape) == 4
+    size = plan.size if plan is not None else images.shape[1:3]
     index, grads = rebuilt.target(layer.tensor, feed.input_name, "batched_units")
-    batch = chunk_size(rebuilt, feed, layer, plan.size + images.shape[3:], memory_budget_mb,
-                       limit=len(pairs))
-    height, width = plan.size
+    batch = chunk_size(rebuilt, feed, layer, tuple(size) + images.shape[3:], memory_budget_mb,
+                       limit=len(image_ids))
 
     def one_chunk(begin, end, deliver):
-        chunk = pairs[begin:end]
-        image_ids = np.array([n for n, _ in chunk])
-        channel_ids = np.array([k for _, k in chunk])
-        units = yx[image_ids, channel_ids]
-        offsets = plan.offsets(units)
-        crops = np.stack([images[n, oy:oy + height, ox:ox + width]
-                          for n, (oy, ox) in zip(image_ids, offsets)])
-        local = units - offsets // np.array(plan.jump)
-        rows = np.column_stack([local, channels[channel_ids]]).astype(np.int32)
-        values = run(rebuilt, grads, {index: rows, **feed.with_images(crops)})
-        # Zero outside each crop; one delivery per image the chunk touches.
-        for n in np.unique(image_ids):
-            mine = np.flatnonzero(image_ids == n)
+        ids, yx = image_ids[begin:end], units[begin:end]
+        if plan is None:
+            offsets = np.zeros_like(yx)
+            crops, local = images[ids], yx
+        else:
+            offsets = plan.offsets(yx)
+            crops = np.stack([images[n, oy:oy + size[0], ox:ox + size[1]] for n, (oy, ox) in zip(ids, offsets)])
+            local = yx - offsets // np.array(plan.jump)
+        rows = np.column_stack([local, channels[begin:end]]) if spatial else channels[begin:end, None]
+        deliver(begin, run(rebuilt, grads, {index: rows.astype(np.int32), **feed.with_images(crops)}), offsets)
+        if progress is not None:
+            progress(end - begin)
+
+    with _Overlapped(sink) as deliver:
+        _in_chunks(len(image_ids), batch, layer, lambda begin, end: one_chunk(begin, end, deliver))
+
+
+def _units_of_every_image(rebuilt, feed, layer, plan, channels, yx, sink, memory_budget_mb, progress):
+    """The strongest unit ``yx[n, k]`` of ``channels[k]`` for every image ``n``, on crops.
+
+    ``sink(n, first, values)`` gets whole images, zero outside each crop:
+    one delivery per image a chunk touches.
+    """
+    images = feed.images
+    n_images, count = yx.shape[:2]
+    image_ids = np.repeat(np.arange(n_images), count)
+    positions = np.tile(np.arange(count), n_images)
+    height, width = plan.size
+
+    def paste(first, values, offsets):
+        ids = image_ids[first:first + len(values)]
+        for n in np.unique(ids):
+            mine = np.flatnonzero(ids == n)
             whole = np.zeros((len(mine),) + images.shape[1:], np.float32)
             for slot, item in enumerate(mine):
                 oy, ox = offsets[item]
                 whole[slot, oy:oy + height, ox:ox + width] = values[item]
-            deliver(int(n), int(channel_ids[mine[0]]), whole)
-        if progress is not None:
-            progress(len(chunk))
+            sink(int(n), int(positions[first + mine[0]]), whole)
 
-    with _Overlapped(sink) as deliver:
-        _in_chunks(len(pairs), batch, layer, lambda begin, end: one_chunk(begin, end, deliver))
+    reconstruct_units(rebuilt, feed, layer, image_ids, yx.reshape(-1, 2), channels[positions], paste, plan=plan,
+                      memory_budget_mb=memory_budget_mb, progress=progress)
 
 
 class CropPlan:

@@ -40,42 +40,34 @@ def add_fields(tops: LayerTops, plain, input_name, layer, image_size):
 def reconstruct(rebuilt, input_name, fixed, layer, tops: LayerTops, raw, slot_of, memory_budget_mb):
     """Each kept unit's reconstruction inside its box: ``(C, k, fh, fw, c)``.
 
-    All (channel, image) pairs go through one batched backward pass per
-    chunk, each on a crop around its unit when the input size is open.
+    Every (channel, image) pair goes through the same code as
+    ``deconv_visualization(target="unit")``
+    (:func:`tf_cnnvis.compute.reconstruct_units`): one batched backward pass
+    per chunk, each item on a crop around its unit when the input size is
+    open, and smaller chunks when the backend runs out of memory.
     """
     channels, k = tops.scores.shape
     height, width = raw.shape[1:3]
     size = tuple(tops.field_size) if tops.boxes is not None else (height, width)
     out = np.zeros((channels, k) + size + raw.shape[3:], np.float32)
-    pairs = [(c, r) for c in range(channels) for r in range(k) if tops.image_index[c, r] >= 0]
-    if not pairs:
+    pairs = np.argwhere(tops.image_index >= 0)  # (channel row, rank), row by row
+    if not len(pairs):
         return out
-    feed = Feed(input_name=input_name, images=raw[:1], others=fixed)
+    rows, ranks = pairs[:, 0], pairs[:, 1]
+    feed = Feed(input_name=input_name, images=raw, others=fixed)
     plan = compute.crop_plan(rebuilt, feed, layer) if len(layer.shape) == 4 else None
-    item_shape = (plan.size if plan is not None else (height, width)) + raw.shape[3:]
-    chunk = compute.chunk_size(rebuilt, feed, layer, item_shape, memory_budget_mb, limit=len(pairs))
-    index, grad = rebuilt.target(layer.tensor, input_name, "batched_units")
-    spatial = len(layer.shape) == 4
-    for begin in range(0, len(pairs), chunk):
-        part = pairs[begin:begin + chunk]
-        images = raw[[slot_of[int(tops.image_index[c, r])] for c, r in part]]
-        channel_ids = np.array([tops.channels[c] for c, _ in part])
-        yx = np.array([tops.units[c, r] for c, r in part])
-        if not spatial:
-            inputs, indices = images, channel_ids[:, None]
-        elif plan is None:
-            inputs, indices, offsets = images, np.column_stack([yx, channel_ids]), np.zeros_like(yx)
-        else:
-            offsets = plan.offsets(yx)
-            inputs = np.stack([image[oy:oy + plan.size[0], ox:ox + plan.size[1]]
-                               for image, (oy, ox) in zip(images, offsets)])
-            indices = np.column_stack([yx - offsets // np.array(plan.jump), channel_ids])
-        grads = compute.run(rebuilt, grad, {index: indices.astype(np.int32), **feed.with_images(inputs)})
-        for item, (c, r) in enumerate(part):
-            if tops.boxes is None:
-                out[c, r] = grads[item]
+    image_ids = np.array([slot_of[int(index)] for index in tops.image_index[rows, ranks]], np.int64)
+
+    def keep(first, values, offsets):
+        for item, (c, r) in enumerate(pairs[first:first + len(values)]):
+            if tops.boxes is None:  # whole images
+                crop_height, crop_width = values[item].shape[:2]
+                oy, ox = offsets[item]
+                out[c, r, oy:oy + crop_height, ox:ox + crop_width] = values[item]
                 continue
             y0, x0 = tops.boxes[c, r, :2] - offsets[item]
-            out[c, r] = cut(grads[item], y0, x0, size, fill=0.0)
-    return out
+            out[c, r] = cut(values[item], y0, x0, size, fill=0.0)
 
+    compute.reconstruct_units(rebuilt, feed, layer, image_ids, tops.units[rows, ranks], tops.channels[rows], keep,
+                              plan=plan, memory_budget_mb=memory_budget_mb)
+    return out
