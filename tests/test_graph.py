@@ -1,0 +1,104 @@
+"""Graph walks and node names (tf_cnnvis.graph), and the modules built on them."""
+
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_cnnvis import graph as walks
+
+
+@pytest.mark.parametrize("name, op", [("conv/Relu:0", "conv/Relu"), ("conv/Relu:12", "conv/Relu"),
+                                      ("conv/Relu", "conv/Relu"), ("x", "x")])
+def test_op_name_of_a_tensor_or_op_name(name, op):
+    assert walks.op_name(name) == op
+
+
+@pytest.mark.parametrize("node_input, op", [("a/b", "a/b"), ("a/b:1", "a/b"), ("^a/b", "a/b"), ("a:0", "a")])
+def test_input_op_name_strips_control_marks_and_output_numbers(node_input, op):
+    assert walks.input_op_name(node_input) == op
+
+
+def test_tensor_names_from_op_names():
+    assert walks.tensor_name("pool1/MaxPool") == "pool1/MaxPool:0"
+    assert walks.tensor_name("split", 2) == "split:2"
+    assert walks.as_tensor_name("pool1/MaxPool") == "pool1/MaxPool:0"
+    assert walks.as_tensor_name("split:2") == "split:2"
+
+
+def small_graph():
+    """x -> relu -> * w -> reshape (to a shape read off the relu) -> + 1 = top; a tanh of x on the side;
+    an op that runs the tanh first (control input); a constant branch that never sees x."""
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 4, 4, 2], name="x")  # open: a Shape op, no constant
+        relu = tf.nn.relu(x, name="relu")
+        scaled = tf.multiply(relu, np.float32(2), name="scaled")
+        side = tf.tanh(x, name="side")
+        shaped = tf.reshape(scaled, tf.shape(relu, name="shape"), name="shaped")
+        with tf.control_dependencies([side]):
+            top = tf.add(shaped, np.float32(1), name="top")
+        tf.identity(np.ones(3, np.float32), name="unrelated")
+        after = tf.sigmoid(top, name="after")
+    return graph, x, top, after
+
+
+def test_ops_that_depend_on_inputs():
+    graph, x, top, after = small_graph()
+    dependent = walks.depends_on_inputs(graph, ["x:0"])
+    assert dependent == {"x", "relu", "scaled", "side", "shape", "shaped", "top", "after"}
+    ops = walks.ops_depending_on(graph, ["x:0"])
+    assert {op.name for op in ops} == dependent and all(isinstance(op, tf.Operation) for op in ops)
+    # Stopped at an op: only the ops created before it.
+    assert {op.name for op in walks.ops_depending_on(graph, ["x:0"], stop=top.op)} == \
+        {"x", "relu", "scaled", "side", "shape", "shaped"}
+    assert walks.depends_on_inputs(graph, ["top:0"]) == {"top", "after"}
+
+
+def test_ops_upstream_follow_data_and_control_inputs():
+    graph, x, top, after = small_graph()
+    upstream = walks.upstream_ops([top.op])
+    assert {"x", "relu", "scaled", "shape", "shaped", "top", "side"} <= upstream
+    assert "after" not in upstream and "unrelated" not in upstream
+    assert "side" not in walks.upstream_ops([top.op], control_inputs=False)
+    assert walks.upstream_ops([x.op]) == {"x"}
+
+
+def test_ops_between_follow_floats_top_first():
+    graph, x, top, after = small_graph()
+    dependent = walks.depends_on_inputs(graph, ["x:0"])
+    path = walks.ops_between(top, x, dependent)
+    assert [op.name for op in path] == ["top", "shaped", "scaled", "relu"]  # no shape, no side branch, no x
+    assert walks.ops_between(x, x, dependent) == []
+    unrelated = graph.get_tensor_by_name("unrelated:0")
+    assert walks.ops_between(unrelated, x, dependent) == []
+
+
+def test_walks_go_deeper_than_the_recursion_limit():
+    graph = tf.Graph()
+    depth = sys.getrecursionlimit() + 500
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [1, 2], name="x")
+        y = x
+        for _ in range(depth):
+            y = tf.identity(y)
+    dependent = walks.depends_on_inputs(graph, ["x:0"])
+    assert len(dependent) == depth + 1
+    assert len(walks.upstream_ops([y.op])) == depth + 1
+    path = walks.ops_between(y, x, dependent)
+    assert len(path) == depth and path[0] is y.op
+
+
+def test_identity_memo_answers_only_for_the_same_object():
+    computed = []
+    memo = walks.IdentityMemo(lambda obj: computed.append(obj) or len(computed))
+    first = [1]
+    assert memo(first) == 1 and memo(first) == 1
+    assert memo([1]) == 2  # equal, but another object
+    # Temporaries die as soon as another takes their place, so their ids come back:
+    # every one of them is still computed anew.
+    answers = [memo([n]) for n in range(200)]
+    assert answers == list(range(3, 203))
+    memo.clear()
+    assert memo(first) == 203
