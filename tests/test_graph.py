@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from tf_cnnvis import graph as walks
+from tf_cnnvis.rebuild import structure_key
 
 
 @pytest.mark.parametrize("name, op", [("conv/Relu:0", "conv/Relu"), ("conv/Relu:12", "conv/Relu"),
@@ -102,3 +103,20 @@ def test_identity_memo_answers_only_for_the_same_object():
     assert answers == list(range(3, 203))
     memo.clear()
     assert memo(first) == 203
+
+
+def test_structure_key_of_graph_defs_that_come_and_go():
+    def graph_def(units):
+        graph = tf.Graph()
+        with graph.as_default():
+            x = tf.compat.v1.placeholder(tf.float32, [None, units], name="x")
+            tf.nn.relu(x + np.ones(units, np.float32), name="y")
+        return graph.as_graph_def()
+
+    keys = {units: structure_key(graph_def(units)) for units in (2, 3)}
+    assert keys[2] != keys[3]
+    for _ in range(20):  # short-lived GraphDefs whose ids may be reused
+        for units in (2, 3):
+            assert structure_key(graph_def(units)) == keys[units]
+    kept = graph_def(2)
+    assert structure_key(kept) == keys[2] == structure_key(kept)

@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from tf_cnnvis.errors import FeedError, OptionError, OutOfMemoryError
 from tf_cnnvis.feeds import Feed
+from tf_cnnvis.graph import ops_depending_on
 from tf_cnnvis.layers import LayerInfo
 from tf_cnnvis.options import DEFAULT_MEMORY_BUDGET_MB, check_memory_budget, check_target
 from tf_cnnvis.rebuild import RebuiltGraph
@@ -125,16 +126,13 @@ def tensor_sizes(rebuilt: RebuiltGraph, feed: Feed, layers: list[LayerInfo], ima
 
 
 def _upstream_float_tensors(rebuilt, input_name, tensor_name):
+    """The float outputs of the ops created before the layer that depend on the input, and the layer's.
+
+    Side branches created before the layer count too: a bound, not the path.
+    """
     graph = rebuilt.graph
-    start = graph.get_tensor_by_name(input_name).op
     target = graph.get_tensor_by_name(tensor_name).op
-    reached = {start}
-    for op in graph.get_operations():
-        if op is target:
-            break
-        if any(t.op in reached for t in op.inputs):
-            reached.add(op)
-    ops = reached | {target}
+    ops = ops_depending_on(graph, [input_name], stop=target) | {target}
     return sorted((t for op in ops for t in op.outputs if t.dtype.is_floating), key=lambda t: t.name)
 
 

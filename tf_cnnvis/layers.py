@@ -14,6 +14,7 @@ import difflib
 import tensorflow as tf
 
 from tf_cnnvis.errors import LayerNotFoundError
+from tf_cnnvis.graph import as_tensor_name, depends_on_inputs, input_op_name, op_name
 from tf_cnnvis.load import FrozenModel
 from tf_cnnvis.options import LETTERS, check_layer_selection
 
@@ -52,7 +53,7 @@ def prelu_nodes(graph_def) -> tuple[set[str], set[str]]:
     nodes = {node.name: node for node in graph_def.node}
 
     def source(name):
-        return nodes.get(name.lstrip("^").split(":")[0])
+        return nodes.get(input_op_name(name))
 
     outputs, internal = set(), set()
     for node in graph_def.node:
@@ -76,16 +77,7 @@ def negative_branch_relus(graph_def) -> set[str]:
     nodes = {node.name: node for node in graph_def.node}
     _, internal = prelu_nodes(graph_def)
     return {name for name in internal
-            if nodes[nodes[name].input[0].split(":")[0]].op == "Neg"}
-
-
-def depends_on_inputs(graph: tf.Graph, inputs) -> set[str]:
-    """Names of the ops of ``graph`` that depend on any of the tensors ``inputs``."""
-    reached = {graph.get_tensor_by_name(name).op.name for name in inputs}
-    for op in graph.get_operations():  # import order is topological
-        if any(t.op.name in reached for t in op.inputs):
-            reached.add(op.name)
-    return reached
+            if nodes[input_op_name(nodes[name].input[0])].op == "Neg"}
 
 
 def layer_table(graph: tf.Graph, model: FrozenModel) -> list[LayerInfo]:
@@ -135,7 +127,7 @@ def select_layers(graph: tf.Graph, model: FrozenModel, layers) -> list[LayerInfo
             f"the selection {layers!r} matches no layer in this model; its layers are: "
             f"{_summary(table)}")
     order = {op.name: index for index, op in enumerate(graph.get_operations())}
-    return sorted(chosen.values(), key=lambda info: order[info.tensor.split(":")[0]])
+    return sorted(chosen.values(), key=lambda info: order[op_name(info.tensor)])
 
 
 def _resolve_name(graph, model, table, name: str) -> LayerInfo:
@@ -144,7 +136,7 @@ def _resolve_name(graph, model, table, name: str) -> LayerInfo:
         return by_name[name]
     tensor_name = model.keras_layers.get(name)
     if tensor_name is None:
-        tensor_name = name if ":" in name else f"{name}:0"
+        tensor_name = as_tensor_name(name)
     try:
         tensor = graph.get_tensor_by_name(tensor_name)
     except (KeyError, ValueError):

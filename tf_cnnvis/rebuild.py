@@ -24,7 +24,8 @@ from tensorflow.core.framework import types_pb2
 
 from tf_cnnvis.backward import batched_gradient, channelwise_head, seeds_below_head
 from tf_cnnvis.errors import OptionError
-from tf_cnnvis.layers import depends_on_inputs, negative_branch_relus
+from tf_cnnvis.graph import IdentityMemo, depends_on_inputs, tensor_name, upstream_ops
+from tf_cnnvis.layers import negative_branch_relus
 from tf_cnnvis.load import FrozenModel
 from tf_cnnvis.options import METHODS, check_method
 from tf_cnnvis.rules import prepare_forward_parts, with_gradient_rules
@@ -48,17 +49,17 @@ def _is_weight(node) -> bool:
     return node.op == "Const" and "dtype" in node.attr and node.attr["dtype"].type in _WEIGHT_TYPES
 
 
-_structure_cache: dict[int, tuple[object, str]] = {}
-
-
 def structure_key(graph_def) -> str:
     """A digest of the graph with the values of its weights left out.
 
     Two freezes of one architecture with different weights share it.
+    Remembered for the last ``graph_def`` (that very object), so the
+    repeated calls of a training loop with one model digest it once.
     """
-    cached = _structure_cache.get(id(graph_def))
-    if cached is not None and cached[0] is graph_def:
-        return cached[1]
+    return _last_structure_key(graph_def)
+
+
+def _structure_digest(graph_def) -> str:
     digest = hashlib.sha1()
     digest.update(graph_def.versions.SerializeToString(deterministic=True))
     digest.update(graph_def.library.SerializeToString(deterministic=True))
@@ -68,10 +69,10 @@ def structure_key(graph_def) -> str:
             digest.update(b"W" + node.name.encode() + bytes([node.attr["dtype"].type]) + shape)
         else:
             digest.update(b"N" + node.SerializeToString(deterministic=True))
-    key = digest.hexdigest()
-    _structure_cache.clear()  # one entry is enough: the model of the current call
-    _structure_cache[id(graph_def)] = (graph_def, key)
-    return key
+    return digest.hexdigest()
+
+
+_last_structure_key = IdentityMemo(_structure_digest)
 
 
 def weight_values(graph_def) -> dict[str, np.ndarray]:
@@ -183,7 +184,7 @@ class RebuiltGraph:
         placeholders, ops = {}, []
         with tf.name_scope("tf_cnnvis_assign"):
             for name, value in values.items():
-                handle = self.tensor(name + _VARIABLE_SUFFIX + ":0")
+                handle = self.tensor(tensor_name(name + _VARIABLE_SUFFIX))
                 placeholders[name] = tf.compat.v1.placeholder(handle.op.get_attr("dtype"), value.shape)
                 ops.append(tf.raw_ops.AssignVariableOp(resource=handle, value=placeholders[name]))
         return placeholders, tf.group(*ops)
@@ -226,13 +227,7 @@ class RebuiltGraph:
         """
         def build():
             graph = self.graph
-            inside, stack = set(), [fetch.op]
-            while stack:
-                op = stack.pop()
-                if op.name not in inside:
-                    inside.add(op.name)
-                    stack.extend(tensor.op for tensor in op.inputs)
-                    stack.extend(op.control_inputs)
+            inside = upstream_ops([fetch.op])
             # Over the whole graph as it is now (dependent_ops knows only the model's ops).
             image = depends_on_inputs(graph, [input_tensor])
             varying = depends_on_inputs(graph, [index.name])
