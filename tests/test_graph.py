@@ -1,5 +1,7 @@
 """Graph walks and node names (tf_cnnvis.graph), and the modules built on them."""
 
+import ast
+import pathlib
 import sys
 
 import numpy as np
@@ -7,7 +9,10 @@ import pytest
 import tensorflow as tf
 
 from tf_cnnvis import graph as walks
+from tf_cnnvis.backward import backward_path, batched_gradient
 from tf_cnnvis.rebuild import structure_key
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("name, op", [("conv/Relu:0", "conv/Relu"), ("conv/Relu:12", "conv/Relu"),
@@ -120,3 +125,42 @@ def test_structure_key_of_graph_defs_that_come_and_go():
             assert structure_key(graph_def(units)) == keys[units]
     kept = graph_def(2)
     assert structure_key(kept) == keys[2] == structure_key(kept)
+
+
+def test_backward_path_refuses_a_second_output_it_would_need():
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [1, 4, 4, 2], name="x")
+        first, second = tf.split(tf.nn.relu(x), 2, axis=3)
+        both = first + second
+        only_first = tf.nn.relu(first)
+        dependent = walks.depends_on_inputs(graph, ["x:0"])
+        assert backward_path(both, x, dependent) is None
+        assert batched_gradient(both, tf.ones((3, 4, 4, 1)), x, "guided", dependent) is None
+        assert [op.type for op in backward_path(only_first, x, dependent)] == ["Relu", "Split", "Relu"]
+
+
+MY_MODULES = ("graph", "backward", "layers", "rebuild")
+
+
+def imported_names(path):
+    """(module, name) for every ``from module import name`` in ``path``."""
+    tree = ast.parse(path.read_text(), str(path))
+    return [(node.module, alias.name) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+            for alias in node.names]
+
+
+def test_no_private_name_crosses_a_module_boundary():
+    """What more than one module needs is public: the stages import no ``_name`` of each other,
+    tests and benchmarks none of these modules', and graph.py stands on nothing of tf_cnnvis."""
+    for module in MY_MODULES:
+        names = imported_names(ROOT / "tf_cnnvis" / f"{module}.py")
+        assert not [(m, n) for m, n in names if m.startswith("tf_cnnvis") and n.startswith("_")], module
+    assert not [m for m, _ in imported_names(ROOT / "tf_cnnvis" / "graph.py") if m.startswith("tf_cnnvis")]
+    private = ("backward._", "rebuild._", "layers._", "compute._upstream")
+    for path in sorted((ROOT / "tests").glob("*.py")) + sorted((ROOT / "benchmarks").glob("*.py")):
+        names = imported_names(path)
+        assert not [(m, n) for m, n in names
+                    if m.split(".")[-1] in MY_MODULES and m.startswith("tf_cnnvis") and n.startswith("_")], path
+        text = path.read_text()
+        assert path.name == "test_graph.py" or not [p for p in private if p in text], path

@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tf_cnnvis.graph import ops_between
 from tf_cnnvis.rules import (RULES, Switches, flipped_kernel, forward_part, pool_over_relu, sizes_of_batch,
                              transposed_padding)
 
@@ -41,7 +42,7 @@ def batched_gradient(top, seeds, image, method: str, dependent: set[str], negati
     negative-branch ReLUs of PReLU layers. Returns ``(B, *image.shape[1:])``
     (zeros where ``top`` does not depend on the image).
     """
-    path = _path(top, image, dependent)
+    path = backward_path(top, image, dependent)
     if path is None:
         return None
     kinds = {op.name: "PReLUNegative" if op.name in negative else op.type for op in path}
@@ -69,16 +70,14 @@ def batched_gradient(top, seeds, image, method: str, dependent: set[str], negati
     return tf.add_n(reached) if len(reached) > 1 else reached[0]
 
 
-def _path(top, image, dependent):
-    """The ops between ``image`` and ``top``, top first (None if an op has two outputs on it)."""
-    names, stack = set(), [top.op]
-    while stack:
-        op = stack.pop()
-        if op.name in names or op.name not in dependent or op is image.op:
-            continue
-        names.add(op.name)
-        stack.extend(tensor.op for tensor in op.inputs if tensor.dtype.is_floating)
-    path = [op for op in reversed(top.graph.get_operations()) if op.name in names]
+def backward_path(top, image, dependent):
+    """The ops the batched pass walks from ``top`` down to ``image``, top first.
+
+    :func:`tf_cnnvis.graph.ops_between`, or None when an op on the way has
+    a second output that the way reads (the pass carries one gradient per
+    op). ``dependent``: the names of the ops that depend on ``image``.
+    """
+    path = ops_between(top, image, dependent)
     used = {tensor.name for op in path for tensor in op.inputs} | {top.name}
     if any(tensor.name in used for op in path for tensor in op.outputs[1:]):
         return None
