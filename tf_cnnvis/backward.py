@@ -15,9 +15,17 @@ caller falls back to the parallel-for pass. Rules come from
 :mod:`tf_cnnvis.rules`, so both passes compute the same thing. One step is
 fused: a max-pool over a ReLU goes back in one select (see
 :func:`tf_cnnvis.rules.pool_over_relu`).
+
+Each op type is one entry of the table ``_HANDLERS``: a test of whether
+its rule is right for a batch of items, and its backward step. A new op is
+one entry and one small function.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -26,11 +34,7 @@ from tf_cnnvis.graph import ops_between
 from tf_cnnvis.rules import (RULES, Switches, flipped_kernel, forward_part, pool_over_relu, sizes_of_batch,
                              transposed_padding)
 
-_PASS_THROUGH = frozenset({"Identity", "BiasAdd"})
-_ARITHMETIC = frozenset({"Add", "AddV2", "Sub", "Mul", "RealDiv"})
-_RECTIFIERS = frozenset({"Relu", "Relu6", "Elu", "Selu", "LeakyRelu", "LRN"})
-# Activations that no method changes: their derivative, from the forward output.
-_SMOOTH = {"Sigmoid": lambda y: y * (1 - y), "Tanh": lambda y: 1 - y * y}
+__all__ = ["backward_path", "batched_gradient", "channelwise_head", "seeds_below_head"]
 
 
 def batched_gradient(top, seeds, image, method: str, dependent: set[str], negative: frozenset = frozenset()):
@@ -45,8 +49,9 @@ def batched_gradient(top, seeds, image, method: str, dependent: set[str], negati
     path = backward_path(top, image, dependent)
     if path is None:
         return None
-    kinds = {op.name: "PReLUNegative" if op.name in negative else op.type for op in path}
-    if not all(_batchable(op, kinds[op.name], method, dependent) for op in path):
+    steps = {op.name: _Step(op, "PReLUNegative" if op.name in negative else op.type, method,
+                            _moving(op, dependent)) for op in path}
+    if not all(_batchable(step) for step in steps.values()):
         return None
     consumers = {}
     for op in path:
@@ -58,11 +63,12 @@ def batched_gradient(top, seeds, image, method: str, dependent: set[str], negati
         if arrived is None:  # nothing to carry (or a ReLU done with the max-pool above it)
             continue
         grad = tf.add_n(arrived) if len(arrived) > 1 else arrived[0]
-        relu = _relu_below(op, top, kinds, consumers)
+        relu = _relu_below(op, top, steps, consumers)
         if relu is not None:  # max-pool over ReLU: both in one step
             pending.setdefault(relu.inputs[0].name, []).append(pool_over_relu(method, op, grad))
             continue
-        for index, value in _backward(op, kinds[op.name], grad, method, dependent).items():
+        step = steps[op.name]
+        for index, value in _HANDLERS[step.kind].backward(step, grad).items():
             pending.setdefault(op.inputs[index].name, []).append(value)
     reached = pending.get(image.name)
     if reached is None:
@@ -84,17 +90,40 @@ def backward_path(top, image, dependent):
     return path
 
 
-def _relu_below(op, top, kinds, consumers):
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Step:
+    """One op of the path as its handler sees it."""
+
+    op: tf.Operation
+    kind: str  # the op's type, or "PReLUNegative" for the negative branch of a PReLU
+    method: str
+    moving: list[int]  # indices of the inputs that carry a gradient (see _moving)
+
+
+class _Handler(NamedTuple):
+    """How the batched pass goes through one kind of op."""
+
+    batchable: Callable[[_Step], bool]  # whether its rule here is right for a batch of items
+    backward: Callable[[_Step, tf.Tensor], dict[int, tf.Tensor]]  # input index -> gradient
+
+
+def _batchable(step: _Step) -> bool:
+    handler = _HANDLERS.get(step.kind)
+    return handler is not None and handler.batchable(step)
+
+
+def _relu_below(op, top, steps, consumers):
     """The ReLU right below the max-pool ``op`` when both steps can go as one, else None.
 
-    ``op`` is on the path, so a max-pool here has switches (``_batchable``).
-    Only when the max-pool is the ReLU's one consumer on the path: the ReLU
-    then gets no gradient from elsewhere.
+    ``op`` is on the path, so a max-pool here has switches (its handler's
+    test). Only when the max-pool is the ReLU's one consumer on the path:
+    the ReLU then gets no gradient from elsewhere.
     """
     if op.type != "MaxPool":
         return None
     relu = op.inputs[0].op
-    if kinds.get(relu.name) != "Relu" or op.inputs[0] is top or consumers[op.inputs[0].name] != [op.name]:
+    below = steps.get(relu.name)
+    if below is None or below.kind != "Relu" or op.inputs[0] is top or consumers[op.inputs[0].name] != [op.name]:
         return None
     return relu
 
@@ -104,41 +133,57 @@ def _moving(op, dependent):
     return [i for i, tensor in enumerate(op.inputs) if tensor.op.name in dependent and tensor.dtype.is_floating]
 
 
-def _batchable(op, kind: str, method: str, dependent) -> bool:
-    """Whether ``op`` has a rule here that is right for a batch of items."""
-    moving = _moving(op, dependent)
-    if kind in _PASS_THROUGH:
-        return moving == [0]
-    if kind in _RECTIFIERS or kind == "PReLUNegative":
-        return kind in RULES[method] and moving == [0]
-    if kind == "MaxPool":
-        return Switches.applies(op)
-    if kind in ("AvgPool", "Conv2D", "DepthwiseConv2dNative") or kind in _SMOOTH:
-        return moving == [0]
-    if kind in _ARITHMETIC:
-        if kind == "RealDiv" and moving != [0]:
-            return False
-        rank = op.outputs[0].shape.rank
-        return rank is not None and all(
-            op.inputs[i].shape.rank == rank if i in moving else _weight_broadcasts(op.inputs[i], rank)
-            for i in range(2))
-    if kind in ("Pad", "PadV2"):
-        paddings = tf.get_static_value(op.inputs[1])
-        return moving == [0] and paddings is not None and not np.any(paddings[0])
-    if kind == "ConcatV2":
-        axis = tf.get_static_value(op.inputs[-1])
-        rank = op.outputs[0].shape.rank
-        return axis is not None and rank is not None and int(axis) % rank != 0
-    if kind == "Reshape":
-        return moving == [0] and _keeps_batch(op)
-    if kind == "MatMul":
-        return moving == [0] and not op.get_attr("transpose_a")
-    if kind == "Mean":
-        axes = tf.get_static_value(op.inputs[1])
-        rank = op.inputs[0].shape.rank
-        return (moving == [0] and axes is not None and rank is not None
-                and 0 not in {int(a) % rank for a in np.atleast_1d(axes)})
-    return False
+# Tests: whether an op's rule is right for a batch of items.
+
+def _first_input_moves(step: _Step) -> bool:
+    """Only the data input carries a gradient (the others are weights, shapes or sizes)."""
+    return step.moving == [0]
+
+
+def _method_has_rule(step: _Step) -> bool:
+    return step.kind in RULES[step.method] and step.moving == [0]
+
+
+def _windows_tile(step: _Step) -> bool:
+    """A max-pool whose windows tile the input: it has switches."""
+    return Switches.applies(step.op)
+
+
+def _broadcasts_per_item(step: _Step) -> bool:
+    """A moving operand has the output's rank; a weight broadcasts over the batch (RealDiv: by a weight)."""
+    op, moving = step.op, step.moving
+    if step.kind == "RealDiv" and moving != [0]:
+        return False
+    rank = op.outputs[0].shape.rank
+    return rank is not None and all(
+        op.inputs[i].shape.rank == rank if i in moving else _weight_broadcasts(op.inputs[i], rank)
+        for i in range(2))
+
+
+def _pads_no_batch(step: _Step) -> bool:
+    paddings = tf.get_static_value(step.op.inputs[1])
+    return step.moving == [0] and paddings is not None and not np.any(paddings[0])
+
+
+def _concat_off_batch(step: _Step) -> bool:
+    axis = tf.get_static_value(step.op.inputs[-1])
+    rank = step.op.outputs[0].shape.rank
+    return axis is not None and rank is not None and int(axis) % rank != 0
+
+
+def _reshape_keeps_batch(step: _Step) -> bool:
+    return step.moving == [0] and _keeps_batch(step.op)
+
+
+def _matmul_by_weight(step: _Step) -> bool:
+    return step.moving == [0] and not step.op.get_attr("transpose_a")
+
+
+def _mean_off_batch(step: _Step) -> bool:
+    axes = tf.get_static_value(step.op.inputs[1])
+    rank = step.op.inputs[0].shape.rank
+    return (step.moving == [0] and axes is not None and rank is not None
+            and 0 not in {int(a) % rank for a in np.atleast_1d(axes)})
 
 
 def _keeps_batch(reshape) -> bool:
@@ -172,56 +217,87 @@ def _weight_broadcasts(tensor, rank: int) -> bool:
     return other is not None and (other < rank or other == rank and tensor.shape[0] == 1)
 
 
-def _backward(op, kind: str, grad, method: str, dependent) -> dict[int, tf.Tensor]:
-    """Input index -> gradient, for the inputs of ``op`` that depend on the image."""
-    if kind in _PASS_THROUGH:
-        return {0: grad}
-    if kind in _RECTIFIERS or kind in ("PReLUNegative", "MaxPool", "Conv2D"):
-        result = RULES[method][kind](op, grad)
-        return {0: result[0] if isinstance(result, tuple) else result}
-    if kind in _SMOOTH:
-        return {0: grad * _SMOOTH[kind](op.outputs[0])}
-    if kind == "AvgPool":
-        return {0: tf.raw_ops.AvgPoolGrad(orig_input_shape=sizes_of_batch(op.inputs[0], grad), grad=grad,
-                                          ksize=op.get_attr("ksize"), strides=op.get_attr("strides"),
-                                          padding=op.get_attr("padding"), data_format=op.get_attr("data_format"))}
-    if kind == "DepthwiseConv2dNative":
-        return {0: tf.raw_ops.DepthwiseConv2dNativeBackpropInput(
-            input_sizes=sizes_of_batch(op.inputs[0], grad), filter=op.inputs[1], out_backprop=grad,
-            strides=op.get_attr("strides"), padding=op.get_attr("padding"),
-            explicit_paddings=op.get_attr("explicit_paddings"), data_format=op.get_attr("data_format"),
-            dilations=op.get_attr("dilations"))}
-    if kind in _ARITHMETIC:
-        return _arithmetic(op, grad, _moving(op, dependent))
-    if kind in ("Pad", "PadV2"):
-        before = tf.get_static_value(op.inputs[1])[:, 0]
-        return {0: tf.slice(grad, before.astype(np.int32),
-                            sizes_of_batch(op.inputs[0], grad))}
-    if kind == "ConcatV2":
-        axis = int(tf.get_static_value(op.inputs[-1])) % op.outputs[0].shape.rank
-        values = op.inputs[:-1]
-        parts = tf.split(grad, tf.stack([tf.shape(t)[axis] for t in values]), axis=axis, num=len(values))
-        return {i: parts[i] for i in _moving(op, dependent)}
-    if kind == "Reshape":
-        return {0: tf.reshape(grad, sizes_of_batch(op.inputs[0], grad))}
-    if kind == "MatMul":
-        return {0: tf.linalg.matmul(grad, op.inputs[1], transpose_b=not op.get_attr("transpose_b"))}
-    if kind == "Mean":
-        x = op.inputs[0]
-        axes = sorted({int(a) % x.shape.rank for a in np.atleast_1d(tf.get_static_value(op.inputs[1]))})
-        if not op.get_attr("keep_dims"):
-            for axis in axes:  # ascending: each lands where the reduction removed it
-                grad = tf.expand_dims(grad, axis)
-        count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), axes)), grad.dtype)
-        return {0: tf.broadcast_to(grad, sizes_of_batch(x, grad)) / count}
-    raise AssertionError(f"no batched rule for {kind}")  # _batchable said yes
+# Backward steps: input index -> gradient, for the inputs of the op that depend on the image.
+
+def _pass_through(step: _Step, grad):
+    return {0: grad}
 
 
-def _arithmetic(op, grad, moving):
+def _method_rule(step: _Step, grad):
+    """The method's rule from :data:`tf_cnnvis.rules.RULES` (rectifiers, max-pool, Conv2D)."""
+    result = RULES[step.method][step.kind](step.op, grad)
+    return {0: result[0] if isinstance(result, tuple) else result}
+
+
+def _sigmoid(step: _Step, grad):
+    """No method changes it: the derivative, from the forward output."""
+    y = step.op.outputs[0]
+    return {0: grad * (y * (1 - y))}
+
+
+def _tanh(step: _Step, grad):
+    """No method changes it: the derivative, from the forward output."""
+    y = step.op.outputs[0]
+    return {0: grad * (1 - y * y)}
+
+
+def _avg_pool(step: _Step, grad):
+    op = step.op
+    return {0: tf.raw_ops.AvgPoolGrad(orig_input_shape=sizes_of_batch(op.inputs[0], grad), grad=grad,
+                                      ksize=op.get_attr("ksize"), strides=op.get_attr("strides"),
+                                      padding=op.get_attr("padding"), data_format=op.get_attr("data_format"))}
+
+
+def _depthwise_conv(step: _Step, grad):
+    op = step.op
+    return {0: tf.raw_ops.DepthwiseConv2dNativeBackpropInput(
+        input_sizes=sizes_of_batch(op.inputs[0], grad), filter=op.inputs[1], out_backprop=grad,
+        strides=op.get_attr("strides"), padding=op.get_attr("padding"),
+        explicit_paddings=op.get_attr("explicit_paddings"), data_format=op.get_attr("data_format"),
+        dilations=op.get_attr("dilations"))}
+
+
+def _unpad(step: _Step, grad):
+    op = step.op
+    before = tf.get_static_value(op.inputs[1])[:, 0]
+    return {0: tf.slice(grad, before.astype(np.int32), sizes_of_batch(op.inputs[0], grad))}
+
+
+def _split(step: _Step, grad):
+    """ConcatV2 backward: each moving input's slice of the gradient."""
+    op = step.op
+    axis = int(tf.get_static_value(op.inputs[-1])) % op.outputs[0].shape.rank
+    values = op.inputs[:-1]
+    parts = tf.split(grad, tf.stack([tf.shape(t)[axis] for t in values]), axis=axis, num=len(values))
+    return {i: parts[i] for i in step.moving}
+
+
+def _reshape_back(step: _Step, grad):
+    return {0: tf.reshape(grad, sizes_of_batch(step.op.inputs[0], grad))}
+
+
+def _matmul(step: _Step, grad):
+    op = step.op
+    return {0: tf.linalg.matmul(grad, op.inputs[1], transpose_b=not op.get_attr("transpose_b"))}
+
+
+def _mean(step: _Step, grad):
+    op = step.op
+    x = op.inputs[0]
+    axes = sorted({int(a) % x.shape.rank for a in np.atleast_1d(tf.get_static_value(op.inputs[1]))})
+    if not op.get_attr("keep_dims"):
+        for axis in axes:  # ascending: each lands where the reduction removed it
+            grad = tf.expand_dims(grad, axis)
+    count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), axes)), grad.dtype)
+    return {0: tf.broadcast_to(grad, sizes_of_batch(x, grad)) / count}
+
+
+def _arithmetic(step: _Step, grad):
     """Add, Sub, Mul (either operand may move) and RealDiv by a weight."""
+    op = step.op
     out = op.outputs[0]
     result = {}
-    for i in moving:
+    for i in step.moving:
         other = op.inputs[1 - i]
         if op.type == "Mul":
             value = grad * other
@@ -263,6 +339,26 @@ def _has_shape_of_output(tensor, other, out) -> bool:
         if theirs != 1 and (tensor.shape[axis] is None or tensor.shape[axis] != out.shape[axis]):
             return False
     return True
+
+
+# Every op type the batched pass goes through: (test, backward step).
+_HANDLERS = {
+    **dict.fromkeys(("Identity", "BiasAdd"), _Handler(_first_input_moves, _pass_through)),
+    **dict.fromkeys(("Relu", "Relu6", "Elu", "Selu", "LeakyRelu", "LRN", "PReLUNegative"),
+                    _Handler(_method_has_rule, _method_rule)),
+    "MaxPool": _Handler(_windows_tile, _method_rule),
+    "Conv2D": _Handler(_first_input_moves, _method_rule),
+    "DepthwiseConv2dNative": _Handler(_first_input_moves, _depthwise_conv),
+    "AvgPool": _Handler(_first_input_moves, _avg_pool),
+    "Sigmoid": _Handler(_first_input_moves, _sigmoid),
+    "Tanh": _Handler(_first_input_moves, _tanh),
+    **dict.fromkeys(("Add", "AddV2", "Sub", "Mul", "RealDiv"), _Handler(_broadcasts_per_item, _arithmetic)),
+    **dict.fromkeys(("Pad", "PadV2"), _Handler(_pads_no_batch, _unpad)),
+    "ConcatV2": _Handler(_concat_off_batch, _split),
+    "Reshape": _Handler(_reshape_keeps_batch, _reshape_back),
+    "MatMul": _Handler(_matmul_by_weight, _matmul),
+    "Mean": _Handler(_mean_off_batch, _mean),
+}
 
 
 # Ops that keep a gradient on channel c on channel c (given their rules).
