@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+import tf_cnnvis.top_activations.scan as scan_module
 from tf_cnnvis import compute
 from tf_cnnvis.errors import FeedError, OptionError
 from tf_cnnvis.top_activations import (
@@ -109,6 +110,47 @@ def test_top_k_equals_brute_force_for_every_kind_of_source(model_and_images, sou
     # Only images in some top-k are kept, whatever the dataset size.
     kept = set(np.concatenate([t.image_index.ravel() for t in result.layers.values()]).tolist())
     assert set(result.image_index.tolist()) == kept
+
+
+def integer_net():
+    """One convolution with integer weights: on small integer images every sum is exact, so equal images tie."""
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((None, None, 1))
+    conv = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv")
+    model = keras.Model(inputs, conv(inputs))
+    kernel = np.random.default_rng(5).integers(-2, 3, (3, 3, 1, 4)).astype(np.float32)
+    conv.set_weights([kernel, np.zeros(4, np.float32)])
+    return model
+
+
+@pytest.mark.parametrize("batches_per_call", ["many", "one"])
+def test_ties_go_to_the_earlier_image_across_batches_and_calls(monkeypatch, batches_per_call):
+    rng = np.random.default_rng(6)
+    distinct = rng.integers(0, 4, (12, 7, 7, 1)).astype(np.float32)
+    images = distinct[rng.integers(0, 12, 61)]  # each image several times: exact ties everywhere
+    if batches_per_call == "one":
+        monkeypatch.setattr(scan_module, "CALL_BYTES", 1)
+    model = integer_net()
+    result = top_activations(model, images, ["conv"], k=6, batch_size=7, reconstruct=False, path_outdir=None)
+    scores, index, units = brute_force(model(images).numpy(), 6)
+    tops = result["conv"]
+    np.testing.assert_array_equal(tops.image_index, index)
+    np.testing.assert_array_equal(tops.scores, scores)
+    np.testing.assert_array_equal(tops.units, units)
+    assert result.count == 61 and set(result.image_index.tolist()) == set(index.ravel().tolist())
+
+
+def test_a_layer_inside_a_dilated_convolution_is_refused_with_a_way_out():
+    """Inside SpaceToBatchND ... BatchToSpaceND a tensor holds four blocks per image, not one map."""
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, None, None, 1], name="x")
+        blocks = tf.space_to_batch_nd(x, [2, 2], [[0, 0], [0, 0]])
+        inner = tf.nn.relu(tf.nn.conv2d(blocks, np.ones((3, 3, 1, 2), np.float32), 1, "SAME"), name="inner")
+        tf.identity(tf.compat.v1.batch_to_space_nd(inner, [2, 2], [[0, 0], [0, 0]]), name="out")
+    images = np.random.default_rng(7).uniform(0, 1, (5, 8, 8, 1)).astype(np.float32)
+    with pytest.raises(OptionError, match="gives 20 items for 5 images, so it is not one map per image"):
+        top_activations(graph, images, ["inner"], reconstruct=False, path_outdir=None)
 
 
 def linear_strided_net():

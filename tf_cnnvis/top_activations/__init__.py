@@ -29,7 +29,7 @@ from tf_cnnvis.rebuild import rebuild
 from tf_cnnvis.top_activations.fields import add_fields, reconstruct as reconstruct_tops
 from tf_cnnvis.top_activations.pictures import render_top_activations
 from tf_cnnvis.top_activations.results import LayerTops, TopActivations
-from tf_cnnvis.top_activations.scan import StreamingTopK, image_spec, scan
+from tf_cnnvis.top_activations.scan import StreamingTopK, image_spec, scan_dataset
 from tf_cnnvis.top_activations.storage import H5_NAME, load_top_activations, save_top_activations
 from tf_cnnvis.utils import image_normalization
 from tf_cnnvis.write import ensure_folder
@@ -94,9 +94,9 @@ def top_activations(model, dataset, layers, k=9, *, batch_size=64, channels=None
     rank, dtype = image_spec(frozen, plain.graph, input_name)
     selected = {layer.name: _channel_selection(layer, channels) for layer in chosen}
     strategy = strategy or tf.distribute.get_strategy()
-    scanned = scan(frozen, input_name, chosen, selected, fixed, dataset, rank=rank, dtype=dtype, k=k,
-                   batch_size=batch_size, strategy=strategy, limit=limit, jit_compile=jit_compile,
-                   log_every_s=log_every_s)
+    scanned = scan_dataset(frozen, input_name, chosen, selected, fixed, dataset, rank=rank, dtype=dtype, k=k,
+                           batch_size=batch_size, strategy=strategy, limit=limit, jit_compile=jit_compile,
+                           log_every_s=log_every_s)
     pool = scanned.images
 
     order = sorted(pool)
