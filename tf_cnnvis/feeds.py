@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_cnnvis.errors import FeedError
+from tf_cnnvis.graph import as_tensor_name, op_name
 from tf_cnnvis.load import FrozenModel
 
 
@@ -52,13 +53,13 @@ def _resolve(model: FrozenModel, graph: tf.Graph, name: str) -> str:
     """The frozen graph's tensor name for a user's key."""
     if name in model.input_aliases:
         return model.input_aliases[name]
-    candidate = name if ":" in name else f"{name}:0"
+    candidate = as_tensor_name(name)
     try:
         graph.get_tensor_by_name(candidate)
         return candidate
     except (KeyError, ValueError):
         pass
-    base = name.split(":")[0]
+    base = op_name(name)
     if base in model.input_aliases:
         return model.input_aliases[base]
     known = sorted(set(model.input_aliases) | set(model.inputs))

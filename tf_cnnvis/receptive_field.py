@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_cnnvis.errors import ReceptiveFieldError, UnsupportedOpError
+from tf_cnnvis.graph import as_tensor_name
 
 __all__ = [
     "ReceptiveField",
@@ -327,7 +328,7 @@ def _check_input_size(input_size) -> tuple[int, int]:
 
 def _tensor(graph: tf.Graph, name: str, role: str) -> tf.Tensor:
     """Look a tensor up by name, suggesting close names when it is missing."""
-    full_name = name if ":" in name else f"{name}:0"
+    full_name = as_tensor_name(name)
     try:
         return graph.get_tensor_by_name(full_name)
     except (KeyError, ValueError):
