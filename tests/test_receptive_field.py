@@ -341,6 +341,59 @@ def test_keras_applications_match_published_fields(architecture, size):
     assert (field.size, field.jump, field.output_size) == ((size, size), (32, 32), (7, 7))
 
 
+def _modern_block_net():
+    """The pieces of ConvNeXt and EfficientNet: a 7x7 depthwise convolution, LayerNormalization,
+    Dense layers applied at each position (a Tensordot: Reshape, MatMul, Reshape), GELU and SiLU,
+    a residual sum, a strided convolution, and squeeze-and-excitation gating."""
+    layers = keras.layers
+    inp = keras.Input((None, None, 3))
+    x = layers.Conv2D(8, 2, strides=2, name="stem")(inp)
+    x = layers.LayerNormalization(epsilon=1e-6, name="stem_ln")(x)
+    y = layers.DepthwiseConv2D(7, padding="same", name="dw")(x)
+    y = layers.LayerNormalization(epsilon=1e-6, name="ln")(y)
+    y = layers.Dense(16, activation="gelu", name="pw1")(y)
+    y = layers.Dense(8, name="pw2")(y)
+    x = layers.Add(name="res")([x, y])
+    x = layers.Conv2D(8, 3, padding="same", name="down_conv")(x)
+    # SiLU spelled out: Keras's own is a custom-gradient op that tf.gradients cannot
+    # differentiate in a frozen graph (the library's rebuilt graphs handle it).
+    x = layers.Multiply(name="down")([x, layers.Activation("sigmoid", name="down_gate")(x)])
+    squeeze = layers.GlobalAveragePooling2D(keepdims=True, name="se_pool")(x)
+    gate = layers.Conv2D(8, 1, activation="sigmoid", name="se_gate")(squeeze)
+    x = layers.Multiply(name="se_mul")([x, gate])
+    return keras.Model(inp, x)
+
+
+def test_modern_blocks_fields_match_gradients():
+    """Per-position Dense layers, LayerNorm, GELU and SiLU keep a finite field that equals
+    the gradient's support; squeeze-and-excitation makes every later unit see the whole image."""
+    rng = np.random.default_rng(11)
+    model = _modern_block_net()
+    _make_weights_positive(model, rng)
+    for layer in model.layers:  # LayerNorm with equal gammas would cancel a channel sum's gradient
+        if isinstance(layer, keras.layers.LayerNormalization):
+            gamma, beta = layer.get_weights()
+            layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape).astype(np.float32), beta])
+    graph, input_name, _ = _freeze(model)
+    x = graph.get_tensor_by_name(input_name)
+    names = ("stem_ln", "dw", "ln", "pw1", "pw2", "res", "down")
+    outputs = {name: _layer_output(graph, name) for name in names}
+    _assert_support_matches_field(graph, x, outputs, [(22, 22), (23, 21)], rng)
+    # stem 2x2/2, then 7x7 depthwise at jump 2 -> 14; Dense and LayerNorm add nothing; 3x3 -> 18.
+    assert _triple(receptive_field(graph, input_name, outputs["pw2"].name, (22, 22)))[:2] == ((14, 14), (2, 2))
+    assert receptive_field(graph, input_name, outputs["down"].name, (22, 22)).size == (18, 18)
+    assert receptive_field(graph, input_name, _layer_output(graph, "se_mul").name, (22, 22)) is None
+
+
+def test_a_reshape_that_only_splits_channels_keeps_the_field():
+    def grouped(x):
+        h = tf.reshape(tf.nn.relu(x), [1, 8, 8, 3, 1])
+        return tf.reshape(h * 2.0, [1, 8, 8, 3])
+
+    graph, y = _graph_with(grouped)
+    assert _triple(receptive_field(graph, "x:0", y.name, (8, 8))) == ((1, 1), (1, 1), (0, 0), (8, 8))
+
+
 @pytest.mark.parametrize("head", ["gap", "flatten"])
 def test_global_pooling_and_flatten_heads_have_no_field(head):
     layers = keras.layers

@@ -164,7 +164,22 @@ class _Independent:
 
 _INDEPENDENT = _Independent()
 
-_State = _Spatial | _NonLocal | _Independent
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Rows:
+    """A matrix whose rows are the positions of a spatial tensor, flattened.
+
+    Keras applies a Dense layer to each position of an (N, H, W, C) tensor
+    as a Tensordot: Reshape to (N*H*W, C), MatMul, Reshape back. Row r
+    reads what position r of ``spatial`` reads, so a Reshape back to the
+    ``leading`` lengths restores the field. Any other use of the rows is
+    taken to mix all positions, which never understates a field.
+    """
+
+    spatial: _Spatial
+    leading: tuple[int, ...]  # lengths of the flattened axes, batch first
+
+
+_State = _Spatial | _Rows | _NonLocal | _Independent
 
 
 # ---------------------------------------------------------------------------
@@ -206,12 +221,13 @@ _POSITIONWISE_NHWC = frozenset({"BiasAdd", "FusedBatchNorm", "FusedBatchNormV2",
 _SHAPE_ONLY = frozenset({"Shape", "ShapeN", "Size", "Rank", "ZerosLike", "OnesLike"})
 
 # Ops that rearrange or contract positions, so a unit sees the whole input.
-# A Keras Dense on a 4-D tensor is a Tensordot (Transpose, Reshape, MatMul)
-# and is reported here too, although it is positionwise.
+# A Reshape keeps the field when it leaves the axes up to the spatial ones
+# alone, or flattens the positions into rows for a Dense applied at each
+# position (see _Rows); any other Reshape mixes.
 _MIXING = frozenset(
     {
         "MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3", "Einsum",
-        "Reshape", "Tile", "Cumsum", "Cumprod", "GatherV2", "Gather",
+        "Tile", "Cumsum", "Cumprod", "GatherV2", "Gather",
     }
 )
 
@@ -434,6 +450,13 @@ class _Walk:
             elif op.type == "StridedSlice":
                 index = _strided_index(op, [self._evaluate(t) for t in op.inputs[1:]])
                 value = self._evaluate(op.inputs[0])[tuple(index)]
+            elif op.type == "GatherV2":
+                params, indices, axis = (self._evaluate(t) for t in op.inputs)
+                value = np.take(params, indices, axis=int(axis))
+            elif op.type == "Prod":
+                data, axes = (self._evaluate(t) for t in op.inputs)
+                value = np.prod(data, axis=tuple(int(a) for a in np.ravel(axes)),
+                                keepdims=op.get_attr("keep_dims"))
             elif op.type in _SHAPE_ARITHMETIC:
                 value = _SHAPE_ARITHMETIC[op.type](*(self._evaluate(t) for t in op.inputs))
             else:
@@ -441,6 +464,20 @@ class _Walk:
         value = np.asarray(value, dtype=tensor.dtype.as_numpy_dtype)
         self._values[tensor.name] = value
         return value
+
+    def shape_of(self, tensor: tf.Tensor) -> list[int] | None:
+        """The full shape of a tensor on the path, or None where it cannot be inferred."""
+        try:
+            return self._inferred_shape(tensor)
+        except _NotStaticError:
+            return None
+
+    def static_value(self, tensor: tf.Tensor) -> np.ndarray | None:
+        """A parameter's value computed from shapes, or None where it needs the network."""
+        try:
+            return self._evaluate(tensor)
+        except _NotStaticError:
+            return None
 
     def _inferred_shape(self, tensor: tf.Tensor) -> list[int]:
         """Full shape of a tensor on the path; the batch defaults to 1."""
@@ -484,6 +521,8 @@ def _propagate(op: tf.Operation, index: int, inputs: list[_State], walk: _Walk) 
             return state
     if all(isinstance(state, _Independent) for state in inputs):
         return _INDEPENDENT
+    if any(isinstance(state, _Rows) for state in inputs):
+        return _through_rows(op, index, inputs, walk)
 
     kind = op.type
     if kind in _REFUSED:
@@ -840,6 +879,51 @@ def _concat(op: tf.Operation, inputs: list[_State], walk: _Walk) -> _State:
     return _union(op, data)
 
 
+def _reshape(op: tf.Operation, inputs: list[_State], walk: _Walk) -> _State:
+    """Keep the field through a Reshape that leaves the axes up to the spatial ones alone,
+    or flatten the positions into rows (a Dense at each position); anything else mixes."""
+    state = _only_data_input(op, inputs, "shape")
+    shape, target = walk.shape_of(op.inputs[0]), walk.static_value(op.inputs[1])
+    mixes = _NonLocal(f"Reshape op '{op.name}' rearranges spatial positions")
+    if shape is None or target is None:
+        return mixes
+    target = [int(v) for v in np.ravel(target)]
+    if target.count(-1) == 1:
+        known = int(np.prod([v for v in target if v != -1]))
+        target[target.index(-1)] = int(np.prod(shape)) // max(known, 1)
+    rank = len(shape)
+    last_spatial = rank + max(state.axes)
+    if target[:last_spatial + 1] == shape[:last_spatial + 1]:
+        return _Spatial(tuple(rank + a - len(target) for a in state.axes), state.fields)
+    if len(target) == 2 and target[1] == shape[-1] and last_spatial < rank - 1:
+        return _Rows(state, tuple(shape[:-1]))
+    return mixes
+
+
+def _through_rows(op: tf.Operation, index: int, inputs: list[_State], walk: _Walk) -> _State:
+    """Follow rows of positions through a Dense (MatMul, bias, activation) and back."""
+    rows = [state for state in inputs if isinstance(state, _Rows)]
+    mixes = _NonLocal(f"{op.type} op '{op.name}' mixes the rows of flattened positions")
+    if len(rows) > 1 or any(isinstance(state, _Spatial) for state in inputs):
+        return mixes
+    (flat,) = rows
+    kind = op.type
+    if kind == "IdentityN":
+        return inputs[index]
+    if kind == "MatMul" and isinstance(inputs[0], _Rows) and not op.get_attr("transpose_a"):
+        return flat
+    if kind in _POSITIONWISE or kind == "BiasAdd":
+        return flat
+    if kind == "Reshape" and isinstance(inputs[0], _Rows):
+        target = walk.static_value(op.inputs[1])
+        if target is not None and len(np.ravel(target)) == len(flat.leading) + 1:
+            leading = [int(v) for v in np.ravel(target)[:-1]]
+            if leading == list(flat.leading) or (leading.count(-1) == 1 and all(
+                    a in (-1, b) for a, b in zip(leading, flat.leading))):
+                return flat.spatial
+    return mixes
+
+
 def _squeeze(op: tf.Operation, inputs: list[_State], walk: _Walk) -> _Spatial:
     state = _only_data_input(op, inputs, "parameters")
     rank = _rank(op)
@@ -887,4 +971,5 @@ _HANDLERS = {
     "Squeeze": _squeeze,
     "ExpandDims": _expand_dims,
     "Transpose": _transpose,
+    "Reshape": _reshape,
 }
