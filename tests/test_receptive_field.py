@@ -385,6 +385,18 @@ def test_modern_blocks_fields_match_gradients():
     assert receptive_field(graph, input_name, _layer_output(graph, "se_mul").name, (22, 22)) is None
 
 
+def test_grouped_convolution_field_matches_gradients():
+    """A Conv2D whose kernel reads a fraction of the input channels (ResNeXt, RegNet, ConvNeXt)."""
+    rng = np.random.default_rng(12)
+    graph = tf.Graph()
+    with graph.as_default():
+        x = v1.placeholder(tf.float32, [1, None, None, 4], name="x")
+        h = tf.nn.relu(tf.nn.conv2d(x, _positive(rng, (3, 3, 2, 6)), 1, "SAME"))  # 2 groups
+        outputs = {"grouped": tf.nn.conv2d(h, _positive(rng, (5, 5, 3, 6)), 2, "SAME")}
+    _assert_support_matches_field(graph, x, outputs, [(19, 20)], rng)
+    assert _triple(receptive_field(graph, "x:0", outputs["grouped"].name, (19, 20)))[:2] == ((7, 7), (2, 2))
+
+
 def test_a_reshape_that_only_splits_channels_keeps_the_field():
     def grouped(x):
         h = tf.reshape(tf.nn.relu(x), [1, 8, 8, 3, 1])
