@@ -8,6 +8,8 @@ TensorBoard:
 - :func:`deconv_visualization`: each channel projected back to pixels
   (deconvnet, guided backprop or gradient; whole map or strongest unit).
 - :func:`deepdream_visualization`: images that maximize classes or channels.
+- :func:`attribution_visualization`: where in each image the network saw a
+  class (Grad-CAM family, Score-CAM, gradients, Integrated Gradients, occlusion).
 
 The public names load their modules on first use, so ``import tf_cnnvis``
 (and the ``tf-cnnvis --help`` command) does not start TensorFlow until a
@@ -43,6 +45,7 @@ logging.getLogger("tf_cnnvis").addHandler(logging.NullHandler())
 # Public name -> the module that defines it.
 _LAZY = {
     "VisualizationCallback": "tf_cnnvis.callbacks",
+    "attribution_visualization": "tf_cnnvis.attribution",
     "deepdream_visualization": "tf_cnnvis.deepdream",
     "LayerInfo": "tf_cnnvis.layers",
     "FrozenModel": "tf_cnnvis.load",
@@ -80,6 +83,7 @@ def __dir__():
 
 if TYPE_CHECKING:  # what static tools and editors see
     from tf_cnnvis import utils
+    from tf_cnnvis.attribution import attribution_visualization
     from tf_cnnvis.callbacks import VisualizationCallback
     from tf_cnnvis.deepdream import deepdream_visualization
     from tf_cnnvis.layers import LayerInfo

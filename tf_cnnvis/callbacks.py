@@ -22,15 +22,18 @@ import time
 import keras
 import numpy as np
 
+from tf_cnnvis.attribution import attribution_visualization
 from tf_cnnvis.errors import FeedError, OptionError
-from tf_cnnvis.options import (DEFAULT_MEMORY_BUDGET_MB, METHODS, check_channels, check_integer,
-                               check_layer_selection, check_memory_budget, check_target)
+from tf_cnnvis.options import (ATTRIBUTION_METHODS, DEFAULT_MEMORY_BUDGET_MB, METHODS, check_channels,
+                               check_integer, check_layer_selection, check_memory_budget, check_target)
 from tf_cnnvis.visualize import activation_visualization, deconv_visualization
 from tf_cnnvis.write import SummaryWriter
 
 logger = logging.getLogger("tf_cnnvis")
 
-VISUALIZATIONS = ("activations",) + METHODS
+# Attribution maps by their method names; "deconvnet" and "guided" stay the reconstructions.
+ATTRIBUTIONS = tuple(name for name in ATTRIBUTION_METHODS if name not in METHODS)
+VISUALIZATIONS = ("activations",) + METHODS + ATTRIBUTIONS
 
 
 class VisualizationCallback(keras.callbacks.Callback):
@@ -45,7 +48,11 @@ class VisualizationCallback(keras.callbacks.Callback):
             ``log_dir/<run_name>``. None writes no TensorBoard events.
         layers: which layers, as for the entry functions (``'r'``, names...).
         visualizations: any of ``'activations'``, ``'deconvnet'``,
-            ``'guided'`` and ``'gradient'`` (one string or several).
+            ``'guided'`` and ``'gradient'`` (reconstructions), and the
+            attribution maps ``'gradcam'``, ``'gradcam++'``, ``'layercam'``,
+            ``'scorecam'``, ``'guided_gradcam'``, ``'saliency'``,
+            ``'gradient_x_input'``, ``'integrated_gradients'``,
+            ``'occlusion'`` (one string or several).
         every_n_epochs: visualize at epochs 0, n, 2n... (as Keras's
             ``histogram_freq``) and always after the last epoch.
         path_outdir: also write PNG folders, one ``epoch_NNNN`` folder per
@@ -53,6 +60,10 @@ class VisualizationCallback(keras.callbacks.Callback):
         target, channels, memory_budget_mb, input_tensor: passed to
             :func:`tf_cnnvis.deconv_visualization` / ``activation_visualization``.
         run_name: the TensorBoard run the pictures appear under.
+        classes, labels, attribution_layer: the attribution maps' classes
+            (default each image's top class), class names and CAM layer, as
+            ``classes``, ``labels`` and ``layer`` of
+            :func:`tf_cnnvis.attribution_visualization`.
 
     After training, ``results`` maps each visualized epoch to the list of
     :class:`~tf_cnnvis.VisualizationResult` written for it.
@@ -61,7 +72,7 @@ class VisualizationCallback(keras.callbacks.Callback):
     def __init__(self, images, log_dir="logs", layers="r", visualizations=("activations", "deconvnet"),
                  every_n_epochs=1, path_outdir=None, target="map", channels=None,
                  memory_budget_mb=DEFAULT_MEMORY_BUDGET_MB, input_tensor=None,
-                 run_name="visualization"):
+                 run_name="visualization", classes=None, labels=None, attribution_layer=None):
         super().__init__()
         chosen = [visualizations] if isinstance(visualizations, str) else list(visualizations)
         unknown = [name for name in chosen if name not in VISUALIZATIONS]
@@ -91,6 +102,7 @@ class VisualizationCallback(keras.callbacks.Callback):
         self.memory_budget_mb = memory_budget_mb
         self.input_tensor = input_tensor
         self.run_name = run_name
+        self.classes, self.labels, self.attribution_layer = classes, labels, attribution_layer
         self.results: dict[int, list] = {}
         self._epochs = None
 
@@ -125,6 +137,11 @@ class VisualizationCallback(keras.callbacks.Callback):
             results.append(deconv_visualization(
                 self.model, self.images, method=methods, target=self.target, channels=self.channels,
                 memory_budget_mb=self.memory_budget_mb, **common))
+        attributions = [name for name in self.visualizations if name in ATTRIBUTIONS]
+        if attributions:
+            results.append(attribution_visualization(
+                self.model, self.images, self.classes, attributions, self.attribution_layer, self.input_tensor,
+                self.run_dir, outdir, labels=self.labels, step=step, memory_budget_mb=self.memory_budget_mb))
         self.results[step] = results
         logger.info("visualized epoch %d (%s) in %.2f s", step, ", ".join(self.visualizations),
                     time.perf_counter() - began)

@@ -1,7 +1,7 @@
 """``tf-cnnvis``: the library from a terminal, without writing Python.
 
 Subcommands: ``layers``, ``activations``, ``deconv``, ``deepdream``,
-``report`` and ``demo``. MODEL is a built-in model name (``vgg16``,
+``attribution``, ``report`` and ``demo``. MODEL is a built-in model name (``vgg16``,
 ``emotion``), any path :func:`tf_cnnvis.load_model` reads, or an http(s) URL
 of a model file, fetched once with the ``wget`` package into a cache folder
 (``--cache-dir``, else ``$TF_CNNVIS_CACHE``, else the user's cache folder).
@@ -23,7 +23,8 @@ import tempfile
 import urllib.parse
 
 from tf_cnnvis import arguments
-from tf_cnnvis.options import DEFAULT_MEMORY_BUDGET_MB
+from tf_cnnvis.options import (DEFAULT_MEMORY_BUDGET_MB, INTEGRATION_RULES, SMOOTHINGS,
+                               check_attribution_methods)
 
 PROGRAM = "tf-cnnvis"
 CACHE_ENV = "TF_CNNVIS_CACHE"
@@ -163,6 +164,44 @@ def build_parser() -> argparse.ArgumentParser:
     dream.add_argument("--seed", type=int, default=0, help="random seed (0)")
     dream.set_defaults(run=_run_deepdream)
 
+    attribution = commands.add_parser("attribution", help="where in each image the network saw a class",
+                                      description="Class attribution maps over each image, one per class: "
+                                                  "Grad-CAM family, Score-CAM, gradients (optionally "
+                                                  "smoothed), Integrated Gradients, occlusion.")
+    _add_common(attribution)
+    attribution.add_argument("--method", type=_attribution_methods, default=["gradcam"], metavar="M[,M]",
+                             help="gradcam (default), gradcam++, layercam, scorecam, guided_gradcam, saliency, "
+                                  "deconvnet, guided, gradient_x_input, integrated_gradients, occlusion; "
+                                  "several separated by commas")
+    attribution.add_argument("--classes", type=arguments.names, metavar="LIST",
+                             help="class indices or label names, comma separated, e.g. 3 or happy,sad "
+                                  "(default: each image's top class)")
+    attribution.add_argument("--labels", type=arguments.names, metavar="NAMES",
+                             help="comma-separated class names (default for the emotion model: its 7 emotions)")
+    attribution.add_argument("--layer", help="the layer CAM methods weigh (default: the last layer with "
+                                             "spatial extent)")
+    attribution.add_argument("--output", help="the layer of class scores (default: the model's output; a "
+                                              "softmax's logits are used)")
+    attribution.add_argument("--smooth", choices=SMOOTHINGS, help="wrap a gradient method: average (smoothgrad), "
+                                                                 "variance (vargrad) or mean square (squaregrad) "
+                                                                 "over noisy copies")
+    attribution.add_argument("--samples", type=int, default=50, help="noisy copies per image (50)")
+    attribution.add_argument("--noise", type=float, default=0.15,
+                             help="noise standard deviation as a fraction of the image's range (0.15)")
+    attribution.add_argument("--steps", type=int, default=50, help="Integrated Gradients' steps (50)")
+    attribution.add_argument("--rule", choices=INTEGRATION_RULES, default="trapezoid",
+                             help="Integrated Gradients' quadrature (trapezoid)")
+    attribution.add_argument("--patch", type=arguments.size, metavar="N|HxW",
+                             help="occlusion's patch (default: an eighth of the image)")
+    attribution.add_argument("--stride", type=arguments.size, metavar="N|HxW",
+                             help="occlusion's step (default: half the patch)")
+    attribution.add_argument("--max-channels", type=int, metavar="N",
+                             help="Score-CAM with the N channels of largest variance (default: all)")
+    attribution.add_argument("--seed", type=int, default=0, help="random seed of the noise (0)")
+    attribution.add_argument("--memory-budget-mb", type=float, default=DEFAULT_MEMORY_BUDGET_MB,
+                             help=f"bounds the batch run at once (default {DEFAULT_MEMORY_BUDGET_MB})")
+    attribution.set_defaults(run=_run_attribution)
+
     report = commands.add_parser("report", help="build the HTML gallery of an output folder",
                                  description="Write OUTDIR/index.html linking every layer, method "
                                              "and image, and one page per layer.")
@@ -182,6 +221,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_options(demo)
     demo.set_defaults(run=_run_demo)
     return parser
+
+
+def _attribution_methods(text: str) -> list[str]:
+    """``"gradcam,scorecam"`` -> distinct attribution method names."""
+    from tf_cnnvis.errors import OptionError
+
+    try:
+        return check_attribution_methods(arguments.names(text))
+    except OptionError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _add_layer_choice(parser):
@@ -306,13 +355,13 @@ def _preprocessing(name: str, builtin: str | None):
 
 def _input_shape(model, input_tensor):
     """(height, width, channels) of the image input, None where open."""
+    from tf_cnnvis.graph import as_tensor_name
     from tf_cnnvis.rebuild import rebuild
 
     graph = rebuild(model, "gradient").graph
     name = model.inputs[0]
     if input_tensor is not None:
-        name = model.input_aliases.get(input_tensor, input_tensor if ":" in input_tensor
-                                       else f"{input_tensor}:0")
+        name = model.input_aliases.get(input_tensor, as_tensor_name(input_tensor))
     try:
         shape = graph.get_tensor_by_name(name).shape
     except (KeyError, ValueError):
@@ -426,6 +475,28 @@ def _run_deepdream(args, out):
             octave_scale=args.octave_scale, step_size=args.step_size, jitter=args.jitter,
             normalize=args.normalize, l2=args.l2, tv=args.tv, denoise=args.denoise,
             param=args.param, seed=args.seed, step=args.step, progress=bar.update)
+    return _finish(result, args, out, outdir, logdir)
+
+
+def _run_attribution(args, out):
+    from tf_cnnvis.attribution import attribution_visualization
+    from tf_cnnvis.models import EMOTION_LABELS
+
+    model, builtin, images = _model_and_images(args)
+    _, _, deprocess = _preprocessing(args.preprocess, builtin)
+    labels = args.labels
+    if labels is None and builtin == "emotion":
+        labels = list(EMOTION_LABELS)
+    classes = None
+    if args.classes is not None:
+        classes = [int(item) if item.isdigit() else item for item in args.classes]
+    outdir, logdir = _folders(args)
+    result = attribution_visualization(
+        model, _feed(args, images), classes, args.method, args.layer, args.input_tensor, logdir, outdir,
+        labels=labels, output=args.output, smooth=args.smooth, samples=args.samples, noise=args.noise,
+        seed=args.seed, steps=args.steps, rule=args.rule, patch=args.patch, stride=args.stride,
+        max_channels=args.max_channels, deprocess=deprocess, step=args.step,
+        memory_budget_mb=args.memory_budget_mb, progress=not args.quiet)
     return _finish(result, args, out, outdir, logdir)
 
 

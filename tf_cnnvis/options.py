@@ -15,6 +15,8 @@ from tf_cnnvis.errors import OptionError
 
 METHODS = ("deconvnet", "guided", "gradient")
 TARGETS = ("map", "unit")
+# How reconstructions become grey levels (render.normalize_signed, render.normalize_each).
+SCALINGS = ("robust", "minmax")
 DEFAULT_MEMORY_BUDGET_MB = 1024
 LETTERS = {"r": "relu", "p": "pool", "c": "conv"}
 
@@ -52,6 +54,12 @@ def check_methods(method) -> list[str]:
     names = [check_method(name) for name in method]
     _refuse_repeats("method", names)
     return names
+
+
+def check_scaling(scaling) -> str:
+    if not isinstance(scaling, str) or scaling not in SCALINGS:
+        raise OptionError(f"scaling={scaling!r} is not one of {_choices(SCALINGS)}")
+    return scaling
 
 
 def check_target(target) -> str:
@@ -105,6 +113,68 @@ def check_layer_selection(layers) -> list[str]:
             raise OptionError(f"layers={layers!r} holds an empty name; give letters "
                               f"{_choices(LETTERS)} or layer names")
     return items
+
+
+# Class attribution maps (tf_cnnvis.attribution): the methods, grouped by how they are computed.
+CAM_METHODS = ("gradcam", "gradcam++", "layercam", "scorecam", "guided_gradcam")
+# Maps from the gradient of the class score with respect to the input; each
+# can be wrapped by SmoothGrad, VarGrad or SquareGrad.
+GRADIENT_ATTRIBUTIONS = ("saliency", "deconvnet", "guided", "gradient_x_input", "integrated_gradients")
+ATTRIBUTION_METHODS = CAM_METHODS + GRADIENT_ATTRIBUTIONS + ("occlusion",)
+SMOOTHINGS = ("smoothgrad", "vargrad", "squaregrad")
+INTEGRATION_RULES = ("trapezoid", "riemann_right", "riemann_left", "riemann_middle")
+
+
+def check_attribution_methods(method) -> list[str]:
+    """``method`` as a list of distinct attribution method names (one name or a non-empty list)."""
+    items = [method] if isinstance(method, str) else method
+    if not isinstance(items, (list, tuple)) or not items:
+        raise OptionError(f"method={method!r} must be one of {_choices(ATTRIBUTION_METHODS)} or a non-empty "
+                          "list of them")
+    for name in items:
+        if not isinstance(name, str) or name not in ATTRIBUTION_METHODS:
+            raise OptionError(f"attribution method {name!r} is not one of {_choices(ATTRIBUTION_METHODS)}")
+    _refuse_repeats("method", list(items))
+    return list(items)
+
+
+def check_smoothing(smooth, methods, samples, noise) -> str | None:
+    """``smooth`` (None or one of SMOOTHINGS) for ``methods``, with its sample count and noise level."""
+    if smooth is None:
+        return None
+    if not isinstance(smooth, str) or smooth not in SMOOTHINGS:
+        raise OptionError(f"smooth={smooth!r} is not one of {_choices(SMOOTHINGS)} (or None for no smoothing)")
+    others = [name for name in methods if name not in GRADIENT_ATTRIBUTIONS]
+    if others:
+        raise OptionError(f"smooth={smooth!r} wraps gradient methods ({_choices(GRADIENT_ATTRIBUTIONS)}); "
+                          f"method {others[0]!r} is not one: compute it in a call of its own")
+    check_integer("samples", samples, 1, "noisy copies per image")
+    if (isinstance(noise, bool) or not isinstance(noise, numbers.Real) or not math.isfinite(noise)
+            or noise < 0):
+        raise OptionError(f"noise={noise!r} must be a number >= 0: the noise's standard deviation as a "
+                          "fraction of each image's value range (default 0.15)")
+    return smooth
+
+
+def check_integration(steps, rule) -> tuple[int, str]:
+    """Integrated Gradients' number of gradient evaluations and quadrature rule."""
+    if not isinstance(rule, str) or rule not in INTEGRATION_RULES:
+        raise OptionError(f"rule={rule!r} is not one of {_choices(INTEGRATION_RULES)}")
+    check_integer("steps", steps, 2 if rule == "trapezoid" else 1,
+                  "points on the path from the baseline" + (", both ends included" if rule == "trapezoid" else ""))
+    return int(steps), rule
+
+
+def check_pair(name: str, value, what: str) -> tuple[int, int] | None:
+    """An int or a (height, width) pair of ints, each >= 1 (None: the default)."""
+    if value is None:
+        return None
+    pair = (value, value) if is_integer(value) else value
+    if (not isinstance(pair, (list, tuple)) or len(pair) != 2
+            or not all(is_integer(item) and item >= 1 for item in pair)):
+        raise OptionError(f"{name}={value!r} must be an integer >= 1 or a pair (height, width) of them "
+                          f"({what})")
+    return int(pair[0]), int(pair[1])
 
 
 def check_model_source(graph_or_path, sess_graph_path):

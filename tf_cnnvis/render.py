@@ -18,7 +18,7 @@ import zlib
 import numpy as np
 
 from tf_cnnvis.layers import LayerInfo
-from tf_cnnvis.options import check_integer
+from tf_cnnvis.options import check_integer, check_scaling
 from tf_cnnvis.write import (AtomicFile, GridPng, PngStream, ShrunkPng, SummaryWriter, encode_png,
                              ensure_folder, grid_layout, grid_shape, inside, safe_names, summary_factor,
                              write_atomic)
@@ -88,6 +88,41 @@ def normalize_each(images, ubound=255.0):
         part = images[begin:begin + block]
         result[begin:begin + block] = normalize_rows(part.reshape(part.shape[0], -1),
                                                       ubound).reshape(part.shape)
+    return result
+
+
+# Reconstructions are signed, and zero is mid-grey. Their scale is a high
+# percentile of each picture's magnitudes rather than its largest value, so
+# the few brightest pixels saturate instead of pressing everything else into
+# grey: with min-max scaling the 1st-99th percentile of VGG16's guided and
+# deconvnet grids spanned 44 to 108 of 255 grey levels.
+ROBUST_PERCENTILE = 99.5
+
+
+def normalize_signed(images, percentile: float = ROBUST_PERCENTILE) -> np.ndarray:
+    """Each item of a batch as uint8 with zero at mid-grey (128) and +-its scale at 255 / 0.
+
+    The scale is the ``percentile`` of the item's magnitudes (their maximum
+    where that percentile is zero, so sparse pictures keep their few
+    pixels); values beyond it saturate. An item of zeros is flat grey.
+    Non-finite values count as zero.
+    """
+    images = np.asarray(images)
+    result = np.full(images.shape, 128, np.uint8)
+    if images.size == 0:
+        return result
+    per_item = images.size // images.shape[0]
+    block = max(1, _BLOCK_VALUES // per_item)
+    for begin in range(0, images.shape[0], block):
+        part = images[begin:begin + block]
+        rows = np.nan_to_num(part.reshape(part.shape[0], -1).astype(np.float32), nan=0.0, posinf=0.0,
+                             neginf=0.0)
+        magnitude = np.abs(rows)
+        kth = min(per_item - 1, int(np.ceil(percentile / 100 * per_item)) - 1)
+        scale = np.partition(magnitude, max(kth, 0), axis=1)[:, max(kth, 0)]
+        scale = np.where(scale > 0, scale, magnitude.max(axis=1))[:, None]
+        scaled = np.clip(rows / np.where(scale > 0, scale, 1), -1, 1) * 127.5 + 127.5
+        result[begin:begin + block] = np.rint(scaled).astype(np.uint8).reshape(part.shape)
     return result
 
 
@@ -189,6 +224,50 @@ def feature_grid(values: np.ndarray) -> np.ndarray:
     return convert_into_grid(normalize_each(maps))
 
 
+class FieldView:
+    """Single units as Zeiler & Fergus drew them: each reconstruction cut to its unit's
+    receptive field, beside the input patch under the same field.
+
+    ``boxes`` holds ``(y0, x0, y1, x1)`` per image and drawn channel (the
+    field clipped to the image); ``pictures`` the input images as RGB uint8.
+    Both halves of a cell are scaled to the field's nominal size, and small
+    fields are enlarged to at least ``MIN_SIDE`` pixels with whole pixels.
+    """
+
+    MIN_SIDE = 64
+    GAP = 2
+
+    def __init__(self, boxes: np.ndarray, pictures: np.ndarray, field_size):
+        self.boxes, self.pictures = np.asarray(boxes), pictures
+        height, width = (min(int(side), limit) for side, limit in zip(field_size, pictures.shape[1:3]))
+        factor = max(1, -(-self.MIN_SIDE // max(height, width)))
+        self.size = (height * factor, width * factor)
+        self.cell_shape = (self.size[0], 2 * self.size[1] + self.GAP, 3)
+
+    def cells(self, image: int, first: int, values: np.ndarray, normalize) -> np.ndarray:
+        """Cells of the reconstructions ``values`` of drawn channels ``first...`` on ``image``."""
+        cells = np.full((len(values),) + self.cell_shape, 255, np.uint8)
+        width = self.size[1]
+        for offset, value in enumerate(values):
+            y0, x0, y1, x1 = (int(v) for v in self.boxes[image, first + offset])
+            if y1 <= y0 or x1 <= x0:  # a unit that reads only padding
+                y0, x0, y1, x1 = 0, 0, *self.pictures.shape[1:3]
+            reconstruction = normalize(_displayable(value[None, y0:y1, x0:x1]))[0]
+            cells[offset, :, :width] = self._fit(np.repeat(reconstruction, 3 // reconstruction.shape[-1], -1))
+            cells[offset, :, width + self.GAP:] = self._fit(self.pictures[image, y0:y1, x0:x1])
+        return cells
+
+    def _fit(self, picture: np.ndarray) -> np.ndarray:
+        """``picture`` (h, w, 3) scaled to the cell's half: whole pixels when enlarging."""
+        from PIL import Image
+
+        if picture.shape[:2] == self.size:
+            return picture
+        smaller = picture.shape[0] > self.size[0] or picture.shape[1] > self.size[1]
+        resample = Image.BILINEAR if smaller else Image.NEAREST
+        return np.asarray(Image.fromarray(picture[..., :3]).resize(self.size[::-1], resample))
+
+
 class ReconstructionGrids:
     """Receives one layer's reconstructions chunk by chunk: keeps and/or renders them.
 
@@ -198,11 +277,14 @@ class ReconstructionGrids:
     """
 
     def __init__(self, writer: Writer, layer: LayerInfo, parts: tuple[str, ...], numbers, count: int,
-                 image_shape, keep: bool, save_channels: bool):
+                 image_shape, keep: bool, save_channels: bool, scaling: str = "robust",
+                 fields: FieldView | None = None):
         self.writer, self.layer, self.parts, self.numbers = writer, layer, parts, numbers
-        self.count, self.save_channels = count, save_channels
+        self.count, self.save_channels, self.fields = count, save_channels, fields
+        self.normalize = normalize_signed if check_scaling(scaling) == "robust" else normalize_each
         self.arrays = np.zeros((count, len(numbers)) + tuple(image_shape), np.float32) if keep else None
-        cell = tuple(image_shape[:2]) + (_display_channels(image_shape[-1]),)
+        cell = fields.cell_shape if fields is not None else (
+            tuple(image_shape[:2]) + (_display_channels(image_shape[-1]),))
         what = "/".join(parts)
         self.grids = []
         try:
@@ -218,7 +300,10 @@ class ReconstructionGrids:
             self.arrays[image, first:first + len(values)] = values
         if not self.grids:
             return
-        pictures = normalize_each(_displayable(values))
+        if self.fields is not None:
+            pictures = self.fields.cells(image, first, values, self.normalize)
+        else:
+            pictures = self.normalize(_displayable(values))
         self.grids[image].add(pictures)
         if self.save_channels:
             parts = self.parts + image_parts(image, self.count) + ("channels",)
@@ -249,6 +334,75 @@ def _displayable(values: np.ndarray) -> np.ndarray:
     return values.mean(axis=-1, keepdims=True)
 
 
+# --------------------------------------------------------------------------- colour maps
+
+# Viridis (van der Walt and Smith, matplotlib's default map): perceptually
+# uniform, so equal steps of a value look like equal steps of colour, and it
+# reads in grey and by colour-blind readers. Ten stops at 0, 1/9, ..., 1;
+# interpolating linearly between them stays within 2 levels of the full table.
+VIRIDIS = np.array([[68, 1, 84], [72, 40, 120], [62, 73, 137], [49, 104, 142], [38, 130, 142],
+                    [31, 158, 137], [53, 183, 121], [110, 206, 88], [181, 222, 43], [253, 231, 37]],
+                   np.float32)
+
+
+def colour_map(values, table: np.ndarray = VIRIDIS) -> np.ndarray:
+    """Values in [0, 1] (clipped; NaN as 0) as RGB uint8 ``(..., 3)`` through ``table``'s stops."""
+    values = np.nan_to_num(np.clip(np.asarray(values, np.float32), 0, 1))
+    position = values * (len(table) - 1)
+    low = np.minimum(position.astype(np.int64), len(table) - 2)
+    fraction = (position - low)[..., None]
+    return np.rint(table[low] * (1 - fraction) + table[low + 1] * fraction).astype(np.uint8)
+
+
+def positive_scale(values) -> tuple[np.ndarray, float]:
+    """(``max(values, 0)`` divided by its maximum, that maximum). All zero (or nothing finite): zeros and 0.
+
+    A map with no positive value is shown as zero, never stretched: the
+    scale is its own maximum, not its range.
+    """
+    values = np.nan_to_num(np.asarray(values, np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    positive = np.maximum(values, 0)
+    top = float(positive.max()) if positive.size else 0.0
+    if top <= 0:
+        return np.zeros(positive.shape, np.float32), 0.0
+    return (positive / top).astype(np.float32), top
+
+
+def display_image(image, deprocess=None) -> np.ndarray:
+    """A model input ``(H, W, C)`` as an RGB uint8 picture.
+
+    ``deprocess`` maps it to RGB in [0, 255] (e.g. undoing a mean
+    subtraction); without it its own range is stretched to [0, 255]. One
+    channel is grey; channel counts other than 3 are shown as their mean.
+    """
+    image = np.asarray(image)
+    if deprocess is not None:
+        picture = np.clip(np.rint(np.asarray(deprocess(image[None]), np.float32)[0]), 0, 255).astype(np.uint8)
+    else:
+        picture = image_normalization(image if image.shape[-1] in (1, 3) else image.mean(axis=-1, keepdims=True))
+    if picture.ndim == 2:
+        picture = picture[..., None]
+    if picture.shape[-1] != 3:
+        picture = np.repeat(picture.mean(axis=-1, keepdims=True).astype(np.uint8), 3, axis=-1)
+    return picture
+
+
+def colour_overlay(picture: np.ndarray, values, opacity: float = 0.5) -> np.ndarray:
+    """``values`` in [0, 1] colour-mapped over an RGB ``picture`` of the same size."""
+    coloured = colour_map(values).astype(np.float32)
+    mixed = (1 - opacity) * picture.astype(np.float32) + opacity * coloured
+    return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+
+
+def with_colour_bar(picture: np.ndarray, table: np.ndarray = VIRIDIS) -> np.ndarray:
+    """``picture`` with its scale beside it: a white gap and a strip running from 1 (top) to 0."""
+    height, width = picture.shape[:2]
+    gap, bar = 2, max(4, min(16, width // 12))
+    strip = colour_map(np.linspace(1, 0, height, dtype=np.float32)[:, None].repeat(bar, axis=1), table)
+    white = np.full((height, gap, 3), 255, np.uint8)
+    return np.concatenate([picture, white, strip], axis=1)
+
+
 # --------------------------------------------------------------------------- the writer
 
 class Writer:
@@ -270,23 +424,24 @@ class Writer:
         self._pending: dict[str, tuple] = {}
 
     def image(self, layer: LayerInfo, parts: tuple[str, ...], filename: str, picture: np.ndarray,
-              tag: str | None):
-        """Encode ``picture`` once; write it to disk and queue it for TensorBoard."""
+              tag: str | None, description: str = ""):
+        """Encode ``picture`` once; write it to disk and queue it for TensorBoard (with ``description``)."""
         shape = picture.shape[:2] + (1 if picture.ndim == 2 else picture.shape[-1],)
         factor = summary_factor(shape)
-        self.png(layer, parts, filename, encode_png(picture), shape, tag if factor == 1 else None)
+        self.png(layer, parts, filename, encode_png(picture), shape, tag if factor == 1 else None, description)
         if factor > 1 and tag is not None and self.summary is not None:
             shrunk = ShrunkPng(*shape, factor)
             shrunk.write(picture)
-            self.queue(tag, shrunk.finish(), shrunk.shape,
-                       self.reduction_note(shape, factor, layer, parts, filename))
+            note = self.reduction_note(shape, factor, layer, parts, filename)
+            self.queue(tag, shrunk.finish(), shrunk.shape, f"{description}; {note}" if description else note)
 
-    def png(self, layer: LayerInfo, parts: tuple[str, ...], filename: str, png: bytes, shape, tag: str | None):
+    def png(self, layer: LayerInfo, parts: tuple[str, ...], filename: str, png: bytes, shape, tag: str | None,
+            description: str = ""):
         """Write encoded ``png`` of ``shape`` (H, W, C) to disk and queue it for TensorBoard."""
         if self.outdir is not None:
             self.result.paths.append(write_atomic(self.path(layer, parts, filename), png))
         if tag is not None:
-            self.queue(tag, png, shape)
+            self.queue(tag, png, shape, description)
 
     def path(self, layer: LayerInfo, parts: tuple[str, ...], filename: str) -> str:
         return inside(self.outdir, self.folders[layer.name], *parts, filename)
