@@ -355,13 +355,13 @@ def _preprocessing(name: str, builtin: str | None):
 
 def _input_shape(model, input_tensor):
     """(height, width, channels) of the image input, None where open."""
-    from tf_cnnvis.graph import as_tensor_name
     from tf_cnnvis.rebuild import rebuild
 
     graph = rebuild(model, "gradient").graph
     name = model.inputs[0]
     if input_tensor is not None:
-        name = model.input_aliases.get(input_tensor, as_tensor_name(input_tensor))
+        name = model.input_aliases.get(input_tensor, input_tensor if ":" in input_tensor
+                                       else f"{input_tensor}:0")
     try:
         shape = graph.get_tensor_by_name(name).shape
     except (KeyError, ValueError):

@@ -15,8 +15,6 @@ from tf_cnnvis.errors import OptionError
 
 METHODS = ("deconvnet", "guided", "gradient")
 TARGETS = ("map", "unit")
-# How reconstructions become grey levels (render.normalize_signed, render.normalize_each).
-SCALINGS = ("robust", "minmax")
 DEFAULT_MEMORY_BUDGET_MB = 1024
 LETTERS = {"r": "relu", "p": "pool", "c": "conv"}
 
@@ -54,12 +52,6 @@ def check_methods(method) -> list[str]:
     names = [check_method(name) for name in method]
     _refuse_repeats("method", names)
     return names
-
-
-def check_scaling(scaling) -> str:
-    if not isinstance(scaling, str) or scaling not in SCALINGS:
-        raise OptionError(f"scaling={scaling!r} is not one of {_choices(SCALINGS)}")
-    return scaling
 
 
 def check_target(target) -> str:
