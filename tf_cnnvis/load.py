@@ -174,34 +174,43 @@ def _load_path(path: str, trust_model_code: bool = False) -> FrozenModel:
     if lower.endswith((".pb", ".pbtxt", ".graphdef")):
         if os.path.basename(lower) in ("saved_model.pb", "saved_model.pbtxt"):
             return _load_saved_model(os.path.dirname(path) or ".")
-        return _freeze_graph_def(_read_graph_def(path), description=f"frozen graph {path}")
+        graph_def, sizes = _read_graph_def(path)
+        return _freeze_graph_def(graph_def, description=f"frozen graph {path}", content_sizes=sizes)
     raise ModelLoadError(
         f"cannot tell what kind of model {path!r} is from its name; expected {ACCEPTED_SOURCES}")
 
 
-def _read_graph_def(path: str) -> tf.compat.v1.GraphDef:
+def _read_graph_def(path: str) -> tuple[tf.compat.v1.GraphDef, list | None]:
+    """The GraphDef in ``path``, and (binary files) its constants' content sizes (see _content_sizes)."""
     graph_def = tf.compat.v1.GraphDef()
     with open(path, "rb") as stream:
         data = stream.read()
+    sizes = None
     try:
         if path.lower().endswith(".pbtxt"):
             text_format.Merge(data.decode("utf-8"), graph_def)
         else:
             graph_def.ParseFromString(data)
+            sizes = _content_sizes(data, len(graph_def.node))
     except (protobuf_message.DecodeError, text_format.ParseError, UnicodeDecodeError) as error:
         raise ModelLoadError(
             f"{path!r} is not a readable GraphDef ({error}); expected a binary .pb or text .pbtxt "
             "written by tf.io.write_graph or a freezing tool") from error
     if not graph_def.node:
         raise ModelLoadError(f"{path!r} holds an empty GraphDef; expected a frozen TensorFlow graph")
-    return graph_def
+    return graph_def, sizes
 
 
 def _load_keras_file(path: str, trust_model_code: bool = False):
     import keras
     from keras.src.saving.serialization_lib import SafeModeScope
 
-    if path.lower().endswith((".h5", ".hdf5")) and _written_by_keras2(path):
+    if path.lower().endswith((".h5", ".hdf5")):
+        legacy = _check_keras_h5(path)
+    else:
+        legacy = False
+        _check_keras_archive(path)
+    if legacy:
         # Keras 3 reads some Keras 2 configs without error but wrongly
         # (e.g. a Sequential's batch_input_shape); the legacy loader repairs them.
         from tf_cnnvis.models import load_legacy_h5
@@ -225,19 +234,164 @@ def _load_keras_file(path: str, trust_model_code: bool = False):
         raise ModelLoadError(f"cannot load Keras file {path!r}: {error}") from error
 
 
-def _written_by_keras2(path: str) -> bool:
+def _check_keras_h5(path: str) -> bool:
+    """Refuse a damaged .h5 before Keras reads it; return whether Keras 1 or 2 wrote it."""
     import h5py
 
+    size = os.path.getsize(path)
+    with _Mapped(path) as data:
+        _check_hdf5_heaps(data, 0, size, repr(path))
     try:
         with h5py.File(path, "r") as h5:
             version = h5.attrs.get("keras_version", b"")
-    except OSError as error:
+            _check_hdf5_datasets(h5, size, repr(path))
+    except ModelLoadError:
+        raise
+    except Exception as error:  # noqa: BLE001 - h5py raises OSError, RuntimeError, KeyError... on damage
         raise ModelLoadError(f"{path!r} is not a readable HDF5 file: {error}") from error
-    version = version.decode() if isinstance(version, bytes) else str(version)
+    version = version.decode(errors="replace") if isinstance(version, bytes) else str(version)
     return version.split(".")[0] in ("1", "2")
 
 
+def _check_keras_archive(path: str):
+    """Refuse a .keras archive whose weights file would hang the HDF5 library."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive, _Mapped(path) as data:
+            for info in archive.infolist():
+                if not info.filename.endswith(".h5"):
+                    continue
+                where = f"{path!r} ({info.filename})"
+                if info.compress_type == zipfile.ZIP_STORED:  # as Keras writes: scan it in place
+                    local = data[info.header_offset:info.header_offset + 30]
+                    if len(local) < 30 or local[:4] != b"PK\x03\x04":
+                        raise ModelLoadError(f"{where} has no local header where the archive says")
+                    start = (info.header_offset + 30 + int.from_bytes(local[26:28], "little")
+                             + int.from_bytes(local[28:30], "little"))
+                    _check_hdf5_heaps(data, start, min(start + info.compress_size, len(data)), where)
+                else:
+                    content = archive.read(info)
+                    _check_hdf5_heaps(content, 0, len(content), where)
+    except ModelLoadError:
+        raise
+    except Exception as error:  # noqa: BLE001 - zipfile raises BadZipFile, OSError, ValueError...
+        raise ModelLoadError(f"{path!r} is not a readable .keras archive: {error}; expected a file "
+                             "written by model.save('....keras')") from error
+
+
+class _Mapped:
+    """``with _Mapped(path) as data``: the file's bytes, memory-mapped (empty bytes for an empty file)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.stream = self.map = None
+
+    def __enter__(self):
+        import mmap
+
+        self.stream = open(self.path, "rb")
+        if os.fstat(self.stream.fileno()).st_size == 0:
+            return b""
+        self.map = mmap.mmap(self.stream.fileno(), 0, access=mmap.ACCESS_READ)
+        return self.map
+
+    def __exit__(self, *exc):
+        if self.map is not None:
+            self.map.close()
+        self.stream.close()
+
+
+# HDF5 (1.14) decodes a global heap collection (where variable-length strings
+# such as a model's JSON config live) in a loop that never ends when an
+# object's size is zero, and runs off the collection on a size that is too
+# large: a damaged .h5 would hang the process inside the library, beyond the
+# reach of any exception. Such collections are found and refused here.
+_HEAP_SIGNATURE = b"GCOL"
+
+
+def _check_hdf5_heaps(data, start: int, end: int, where: str):
+    """Walk every global heap collection of the HDF5 file in ``data[start:end]`` as HDF5 does."""
+    length_size = 8
+    head = bytes(data[start:start + 16])
+    if head[:8] == b"\x89HDF\r\n\x1a\n" and len(head) == 16:  # superblock: "size of lengths"
+        length_size = head[14] if head[8] in (0, 1) else head[10]
+        if length_size not in (2, 4, 8):
+            raise ModelLoadError(f"{where} is not a readable HDF5 file: its superblock declares "
+                                 f"{length_size}-byte lengths; expected 2, 4 or 8")
+    header = 8 + length_size  # collection: signature, version, reserved, size; object: index,
+    offset = data.find(_HEAP_SIGNATURE, start, end)  # references, reserved, size
+    while offset >= 0:
+        head = bytes(data[offset:offset + header])
+        collection = int.from_bytes(head[8:header], "little")
+        if len(head) == header and head[4] == 1 and header <= collection <= end - offset:
+            body = bytes(data[offset:offset + collection])
+            position = header
+            while position + header <= collection:
+                index = int.from_bytes(body[position:position + 2], "little")
+                object_size = int.from_bytes(body[position + 8:position + header], "little")
+                need = object_size if index == 0 else header + (object_size + 7) // 8 * 8
+                if need == 0 or need > collection - position:
+                    raise ModelLoadError(
+                        f"{where} is not a readable HDF5 file: the global heap at byte {offset - start} "
+                        f"holds an object of {object_size} bytes at byte {offset - start + position}, "
+                        f"which {'never ends' if need == 0 else 'runs past the heap'}; the file is damaged")
+                position += need
+        offset = data.find(_HEAP_SIGNATURE, offset + 1, end)
+
+
+def _check_hdf5_datasets(h5, size: int, where: str):
+    """Refuse datasets that declare far more data than the file could hold."""
+    import h5py
+    import numpy as np
+
+    limit = size * 1100 + (1 << 20)  # deflate expands at most ~1000x; Keras stores weights raw
+    found = []
+    h5.visititems(lambda name, item: found.append((name, item)) if isinstance(item, h5py.Dataset)
+                  else None)
+    for name, dataset in found:
+        declared = int(np.prod(dataset.shape, dtype=object) if dataset.shape else 1) * dataset.dtype.itemsize
+        if declared > limit:
+            raise ModelLoadError(
+                f"{where} declares dataset {name!r} of shape {dataset.shape} ({declared} bytes), more "
+                f"than a {size}-byte file can hold; the file is damaged")
+
+
+def _read_proto(path: str, message, what: str):
+    """Parse ``path`` (binary, or text for a ``.pbtxt`` or when binary fails) into ``message``."""
+    try:
+        with open(path, "rb") as stream:
+            data = stream.read()
+    except OSError as error:
+        raise ModelLoadError(f"cannot read {what} {path!r}: {error}") from error
+    try:
+        if path.lower().endswith(".pbtxt"):
+            raise protobuf_message.DecodeError("a text file")
+        message.ParseFromString(data)
+    except protobuf_message.DecodeError as binary_error:
+        try:
+            message.Clear()
+            text_format.Merge(data.decode("utf-8"), message)
+        except (text_format.ParseError, UnicodeDecodeError):
+            raise ModelLoadError(f"{path!r} is not a readable {what} ({binary_error})") from None
+    return message
+
+
+def _check_saved_model_graphs(path: str):
+    """Check the graphs of a SavedModel's ``saved_model.pb`` before TensorFlow loads them."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    name = "saved_model.pb" if os.path.exists(os.path.join(path, "saved_model.pb")) else "saved_model.pbtxt"
+    saved = _read_proto(os.path.join(path, name), saved_model_pb2.SavedModel(), "SavedModel")
+    if not saved.meta_graphs:
+        raise ModelLoadError(f"SavedModel {path!r} holds no graph; expected a folder written by "
+                             "tf.saved_model.save or model.export")
+    for index, meta_graph in enumerate(saved.meta_graphs):
+        check_graph_def(meta_graph.graph_def, f"SavedModel {path} (graph {index})")
+
+
 def _load_saved_model(path: str) -> FrozenModel:
+    _check_saved_model_graphs(path)
     try:
         loaded = tf.saved_model.load(path)
     except Exception as error:  # noqa: BLE001
@@ -251,10 +405,14 @@ def _load_saved_model(path: str) -> FrozenModel:
 
 
 def _load_meta_checkpoint(path: str) -> FrozenModel:
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    meta_graph = _read_proto(path, meta_graph_pb2.MetaGraphDef(), "TF1 meta graph")
+    check_graph_def(meta_graph.graph_def, f"meta graph {path}")
     graph = tf.Graph()
     with graph.as_default():
         try:
-            saver = tf.compat.v1.train.import_meta_graph(path, clear_devices=True)
+            saver = tf.compat.v1.train.import_meta_graph(meta_graph, clear_devices=True)
         except Exception as error:  # noqa: BLE001
             raise ModelLoadError(f"cannot read meta graph {path!r}: {error}") from error
         with tf.compat.v1.Session(graph=graph) as session:
@@ -290,7 +448,7 @@ class _KerasFreeze:
 # Keras model -> its last freeze. Training changes only the weights, so a
 # model visualized every epoch is traced and frozen once, and later calls
 # only copy the current variable values into the frozen graph.
-_keras_freezes: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_keras_freezes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _keras_layout(model) -> tuple:
@@ -344,7 +502,10 @@ def _trace_keras_model(model) -> tuple[FrozenModel, dict]:
     def call(*tensors):
         return model(list(tensors) if len(tensors) > 1 else tensors[0], training=False)
 
-    function = tf.function(call)
+    # No AutoGraph: Keras 3 never relies on it (its own predict and export
+    # trace without it), and it would write the converted source of ``call``
+    # to a temporary file that stays until the process exits.
+    function = tf.function(call, autograph=False)
     concrete = None
     errors = []
     for open_spatial in (True, False):
@@ -476,14 +637,18 @@ def _forward_node_names(graph_def) -> list[str]:
         if (node.op in _STATEFUL_OPS or node.op.startswith(_STATEFUL_PREFIXES)
                 or "gradients" in parts[:-1] or parts[0] in ("save", "saver")):
             excluded.add(node.name)
-    changed = True
-    while changed:  # anything computed from an excluded node is excluded too
-        changed = False
-        for node in graph_def.node:
-            if node.name not in excluded and any(
-                    inp.lstrip("^").split(":")[0] in excluded for inp in node.input):
-                excluded.add(node.name)
-                changed = True
+    # Anything computed from an excluded node is excluded too: a walk over the
+    # consumers, linear in the graph's size whatever the order of its nodes.
+    consumers: dict[str, list[str]] = {}
+    for node in graph_def.node:
+        for inp in node.input:
+            consumers.setdefault(inp.lstrip("^").split(":")[0], []).append(node.name)
+    stack = list(excluded)
+    while stack:
+        for reader in consumers.get(stack.pop(), ()):
+            if reader not in excluded:
+                excluded.add(reader)
+                stack.append(reader)
     return [node.name for node in graph_def.node if node.name not in excluded]
 
 
@@ -499,20 +664,20 @@ def _freeze_session(session, description: str = "session") -> FrozenModel:
     graph_def = session.graph.as_graph_def()
     names = _forward_node_names(graph_def)
     if not any(node.op in VARIABLE_OPS for node in graph_def.node):
-        return _freeze_graph_def(graph_def, description)
+        return _freeze_graph_def(graph_def, description, check=False)
     try:
         frozen = convert_variables_to_constants_from_session_graph(session, graph_def, names)
     except Exception as error:  # noqa: BLE001
         raise ModelLoadError(
             f"cannot read the variables of {description}: {error}; make sure the session has "
             "initialized or restored them") from error
-    return _freeze_graph_def(frozen, description)
+    return _freeze_graph_def(frozen, description, check=False)
 
 
 def _freeze_graph(graph: tf.Graph) -> FrozenModel:
     graph_def = graph.as_graph_def()
     if not any(node.op in VARIABLE_OPS for node in graph_def.node):
-        return _freeze_graph_def(graph_def, "tf.Graph")
+        return _freeze_graph_def(graph_def, "tf.Graph", check=False)
     variables = graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES)
     if not variables:
         raise ModelLoadError(
@@ -529,11 +694,14 @@ def _freeze_graph(graph: tf.Graph) -> FrozenModel:
         return _freeze_session(session, description="tf.Graph")
 
 
-def _freeze_graph_def(graph_def, description: str) -> FrozenModel:
+def _freeze_graph_def(graph_def, description: str, check: bool = True, content_sizes=None) -> FrozenModel:
+    """``check=False`` for a graph TensorFlow built itself (a live graph or session)."""
     if any(node.op in VARIABLE_OPS for node in graph_def.node):
         raise ModelLoadError(
             f"{description} still holds variables; freeze it first, or pass the tf.Graph or "
             "tf.compat.v1.Session that owns them")
+    if check:
+        check_graph_def(graph_def, description, content_sizes)
     names = set(_forward_node_names(graph_def))
     pruned = tf.compat.v1.GraphDef()
     pruned.versions.CopyFrom(graph_def.versions)
@@ -549,5 +717,562 @@ def _freeze_graph_def(graph_def, description: str) -> FrozenModel:
     inputs = _placeholders(pruned)
     if not inputs:
         raise ModelLoadError(f"{description} has no placeholder to feed an image into")
+    if check:
+        _check_shapes(pruned, description)
     aliases = {name.split(":")[0]: name for name in inputs}
     return FrozenModel(graph_def=pruned, inputs=inputs, input_aliases=aliases, source=description)
+
+
+# --------------------------------------------------------------------------- checks of graphs from files
+#
+# TensorFlow's importer trusts much of a GraphDef: an input port of 2**31
+# crashes the process, and other damage (a cycle, a missing input, an
+# unregistered op, a wrong attr type, a constant whose declared shape does
+# not fit its content) surfaces later as assorted exception types. A graph
+# read from a file is therefore checked here first, in one pass over its
+# nodes, and refused with a ModelLoadError that names the bad node.
+
+_NAME = r"[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*"
+_NODE_NAME = re.compile(_NAME + r"\Z")
+_FUNCTION_NAME = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.\\/>-]*\Z")  # "__inference_..." too
+_GRAPH_INPUT = re.compile(r"(\^)?(" + _NAME + r")(?::(\d+))?\Z")
+_FUNCTION_INPUT = re.compile(r"(\^)?([A-Za-z0-9_.][A-Za-z0-9_.\\/>-]*)(?::([A-Za-z0-9_]+)(?::(\d+))?)?\Z")
+_MAX_RANK = 254
+_MAX_SHAPE_ELEMENTS = 2**62  # a declared shape (placeholders, outputs) may not overflow int64
+# A constant may repeat its last value to fill its shape; this bounds what
+# such a splat can claim (a constant's explicit content is bounded by the file).
+_MAX_SPLAT_BYTES = 1 << 30
+_MAX_PORT = 2**20
+_ATTR_FIELD = {"int": "i", "float": "f", "bool": "b", "string": "s", "type": "type", "shape": "shape",
+               "tensor": "tensor", "func": "func"}
+_VALUE_FIELDS = ("half_val", "float_val", "double_val", "int_val", "string_val", "scomplex_val",
+                 "int64_val", "bool_val", "dcomplex_val", "uint32_val", "uint64_val", "float8_val")
+_ACYCLIC = ("TensorFlow graphs must be acyclic (only a NextIteration node of a TF1 while loop may feed "
+            "an earlier node)")
+
+
+def _valid_dtypes() -> frozenset:
+    from tensorflow.core.framework import types_pb2
+
+    return frozenset(value for value in types_pb2.DataType.values() if 0 < value < 100)
+
+
+_DTYPES = _valid_dtypes()
+_NOT_CONSTANT_DTYPES = frozenset({20, 21})  # resource, variant
+
+
+def _dtype_text(value: int) -> str:
+    try:
+        return tf.dtypes.as_dtype(value).name
+    except TypeError:
+        return str(value)
+
+
+def _op_def(op: str):
+    from tensorflow.python.framework import op_def_registry
+
+    return op_def_registry.get(op)
+
+
+class _GraphCheck:
+    """One pass over a GraphDef (or a function body) that raises on the first problem."""
+
+    def __init__(self, description: str, functions: dict, content_sizes=None):
+        self.description = description
+        self.functions = functions  # name -> FunctionDef of the graph's library
+        self.content_sizes = content_sizes  # node index -> its "value" tensor's content size
+
+    def fail(self, where: str, problem: str):
+        raise ModelLoadError(f"{self.description} is not a valid TensorFlow graph: {where} {problem}")
+
+    # ---- attrs
+
+    def check_dtype(self, where, key, value):
+        if value not in _DTYPES:
+            kind = "a reference type" if value > 100 and value - 100 in _DTYPES else "not a data type"
+            self.fail(where, f"has attr {key!r} = {value} ({_dtype_text(value)}), which is {kind}; "
+                      "expected a plain dtype such as DT_FLOAT")
+
+    def check_shape(self, where, key, shape):
+        if shape.unknown_rank:
+            return
+        if len(shape.dim) > _MAX_RANK:
+            self.fail(where, f"has attr {key!r} with a shape of rank {len(shape.dim)}; at most "
+                      f"{_MAX_RANK} dimensions are accepted")
+        elements = 1
+        for dim in shape.dim:
+            if dim.size < -1:
+                self.fail(where, f"has attr {key!r} with dimension {dim.size}; dimensions must be "
+                          ">= 0, or -1 for unknown")
+            if dim.size > 0:
+                elements *= dim.size
+        if elements > _MAX_SHAPE_ELEMENTS:
+            self.fail(where, f"has attr {key!r} with shape {[d.size for d in shape.dim][:8]}, which "
+                      f"declares more than 2**62 elements")
+
+    def check_tensor(self, where, key, tensor, dtype=None, content=None):
+        if tensor.dtype not in _DTYPES or tensor.dtype in _NOT_CONSTANT_DTYPES:
+            self.fail(where, f"holds a tensor {key!r} of dtype {_dtype_text(tensor.dtype)}; expected a "
+                      "numeric, bool or string constant")
+        if dtype is not None and tensor.dtype != dtype:
+            self.fail(where, f"declares dtype {_dtype_text(dtype)} but its value {key!r} is "
+                      f"{_dtype_text(tensor.dtype)}; the two must agree")
+        shape = tensor.tensor_shape
+        dims = [dim.size for dim in shape.dim]
+        if shape.unknown_rank or len(dims) > _MAX_RANK or any(size < 0 for size in dims):
+            self.fail(where, f"holds a tensor {key!r} of shape "
+                      f"{'unknown' if shape.unknown_rank else dims[:8]}; a constant needs a known "
+                      f"shape of at most {_MAX_RANK} dimensions, each >= 0")
+        elements = 1
+        for size in dims:
+            elements *= size
+        itemsize = tf.dtypes.as_dtype(tensor.dtype).size
+        if content is None:
+            content = len(tensor.tensor_content)
+        if content and tensor.dtype != 7:
+            if content != elements * itemsize:
+                self.fail(where, f"holds a tensor {key!r} of shape {dims[:8]} ({elements} elements of "
+                          f"{_dtype_text(tensor.dtype)}) whose content is {content} bytes; expected "
+                          f"{elements * itemsize}")
+            return
+        values = sum(len(getattr(tensor, field)) for field in _VALUE_FIELDS)
+        if tensor.dtype in (8, 18):  # complex: two numbers per element
+            values = (values + 1) // 2
+        if values > elements:
+            self.fail(where, f"holds a tensor {key!r} of shape {dims[:8]} ({elements} elements) with "
+                      f"{values} values; expected at most one value per element")
+        if values < elements and elements * max(itemsize, 1) > _MAX_SPLAT_BYTES:
+            self.fail(where, f"holds a tensor {key!r} of shape {dims[:8]} that would fill "
+                      f"{elements * max(itemsize, 1)} bytes from {values} value(s) in the file; "
+                      f"at most {_MAX_SPLAT_BYTES} bytes are accepted")
+
+    def check_attr_value(self, where, key, value, expected=None, in_function=False, content=None):
+        """``value`` of attr ``key``; ``expected`` is the op def's type string (None: not declared)."""
+        field = value.WhichOneof("value")
+        if field == "placeholder":
+            if not in_function:
+                self.fail(where, f"has attr {key!r} referring to a function attr {value.placeholder!r} "
+                          "outside a function")
+            return
+        if expected is not None:
+            if expected.startswith("list("):
+                if field not in ("list", None):
+                    self.fail(where, f"has attr {key!r} of kind {field!r}; the op expects {expected}")
+                want = _ATTR_FIELD.get(expected[5:-1])
+                wrong = [f.name for f, _ in value.list.ListFields() if f.name != want]
+                if wrong:
+                    self.fail(where, f"has attr {key!r} holding a list of {wrong[0]!r} values; the op "
+                              f"expects {expected}")
+            elif field != _ATTR_FIELD.get(expected, expected):
+                self.fail(where, f"has attr {key!r} of kind {field or 'nothing'!r}; the op expects "
+                          f"{expected}")
+        if field == "type":
+            self.check_dtype(where, key, value.type)
+        elif field == "shape":
+            self.check_shape(where, key, value.shape)
+        elif field == "tensor":
+            self.check_tensor(where, key, value.tensor, content=content)
+        elif field == "func":
+            self.check_function_name(where, key, value.func.name)
+        elif field == "list":
+            for dtype in value.list.type:
+                self.check_dtype(where, key, dtype)
+            for shape in value.list.shape:
+                self.check_shape(where, key, shape)
+            for tensor in value.list.tensor:
+                self.check_tensor(where, key, tensor)
+            for func in value.list.func:
+                self.check_function_name(where, key, func.name)
+
+    def check_function_name(self, where, key, name):
+        if name not in self.functions and _op_def(name) is None:
+            self.fail(where, f"has attr {key!r} naming function {name!r}, which the graph's library "
+                      "does not define")
+
+    def check_attrs(self, where, node, op_def, in_function=False, content=None):
+        declared = {attr.name: attr for attr in op_def.attr} if op_def is not None else {}
+        for key, value in node.attr.items():  # an attr the op lacks is TensorFlow's to judge:
+            spec = declared.get(key)  # a meta graph's loader drops those a newer version added
+            self.check_attr_value(where, key, value, spec.type if spec else None, in_function,
+                                  content if key == "value" else None)
+        for key, spec in declared.items():
+            if key not in node.attr:
+                if not spec.HasField("default_value"):
+                    self.fail(where, f"lacks attr {key!r} ({spec.type}), which op {node.op} requires")
+                continue
+            value = node.attr[key]
+            if value.WhichOneof("value") == "placeholder":
+                continue
+            allowed = spec.allowed_values.list if spec.HasField("allowed_values") else None
+            if allowed is not None:
+                if spec.type == "type" and allowed.type and value.type not in allowed.type:
+                    self.fail(where, f"has attr {key!r} = {_dtype_text(value.type)}; op {node.op} "
+                              f"accepts {', '.join(_dtype_text(t) for t in allowed.type)}")
+                if spec.type == "list(type)" and allowed.type:
+                    for dtype in value.list.type:
+                        if dtype not in allowed.type:
+                            self.fail(where, f"has {_dtype_text(dtype)} in attr {key!r}; op {node.op} "
+                                      f"accepts {', '.join(_dtype_text(t) for t in allowed.type)}")
+                if spec.type == "string" and allowed.s and value.s not in allowed.s:
+                    self.fail(where, f"has attr {key!r} = {value.s[:40]!r}; op {node.op} accepts "
+                              f"{', '.join(s.decode(errors='replace') for s in allowed.s)}")
+            if spec.has_minimum:
+                if spec.type == "int" and value.i < spec.minimum:
+                    self.fail(where, f"has attr {key!r} = {value.i}; op {node.op} needs at least "
+                              f"{spec.minimum}")
+                if spec.type.startswith("list(") and len(getattr(value.list, _ATTR_FIELD.get(
+                        spec.type[5:-1], "i"))) < spec.minimum:
+                    self.fail(where, f"has attr {key!r} with fewer than {spec.minimum} values, "
+                              f"which op {node.op} needs")
+
+    # ---- arity
+
+    def arg_count(self, node, args, fixed_only=False):
+        """How many tensors ``args`` (input or output args of an op) stand for on ``node``."""
+        count = 0
+        for arg in args:
+            if arg.number_attr:
+                value = node.attr.get(arg.number_attr)
+                if value is None or value.WhichOneof("value") != "i":
+                    return None
+                count += value.i
+            elif arg.type_list_attr:
+                value = node.attr.get(arg.type_list_attr)
+                if value is None or value.WhichOneof("value") == "placeholder":
+                    return None
+                count += len(value.list.type)
+            else:
+                count += 1
+        return count
+
+    def signature(self, node):
+        """The OpDef of ``node``'s op (a registered op or a function of the library)."""
+        function = self.functions.get(node.op)
+        if function is not None:
+            return function.signature
+        return _op_def(node.op)
+
+    # ---- graph
+
+    def check_graph(self, nodes):
+        signatures, names = {}, {}
+        sizes = self.content_sizes
+        for position, node in enumerate(nodes):
+            where = f"node {node.name!r}"
+            if not _NODE_NAME.match(node.name):
+                self.fail(f"a node named {node.name[:60]!r}", "has a name TensorFlow does not accept; "
+                          "names are letters, digits and . _ - / > (not starting with _ - / >)")
+            if node.name in names:
+                self.fail(where, "is defined twice; node names must be unique")
+            names[node.name] = node
+            op_def = self.signature(node)
+            if op_def is None:
+                self.fail(where, f"has op {node.op[:60]!r}, which is not an op of TensorFlow "
+                          f"{tf.__version__} nor a function of the graph's library")
+            signatures[node.name] = op_def
+            self.check_attrs(where, node, op_def if node.op not in self.functions else None,
+                             content=sizes[position] if sizes is not None else None)
+        edges = {}
+        for node in nodes:
+            where = f"node {node.name!r}"
+            sources, data, control = [], 0, False
+            for text in node.input:
+                match = _GRAPH_INPUT.match(text)
+                if match is None:
+                    self.fail(where, f"has input {text[:60]!r}, which is not 'name', 'name:port' or "
+                              "'^name'")
+                is_control, source, port = match.group(1), match.group(2), match.group(3)
+                if source not in names:
+                    self.fail(where, f"reads {text[:60]!r}, but the graph has no node {source[:60]!r}; "
+                              "every input must name a node of the graph")
+                if is_control:
+                    control = True
+                else:
+                    if control:
+                        self.fail(where, f"lists data input {text[:60]!r} after a control input; "
+                                  "control inputs ('^name') must come last")
+                    data += 1
+                    port = int(port or 0)
+                    outputs = self.arg_count(names[source], signatures[source].output_arg)
+                    limit = outputs if outputs is not None else _MAX_PORT
+                    if port >= limit:
+                        self.fail(where, f"reads output {port} of {source!r}, which has "
+                                  f"{outputs if outputs is not None else 'fewer'} output(s)")
+                if names[source].op != "NextIteration":  # the back edge of a TF1 while loop
+                    sources.append(source)
+            expected = self.arg_count(node, signatures[node.name].input_arg)
+            if expected is not None and data != expected:
+                self.fail(where, f"has {data} data input(s); op {node.op} takes {expected}")
+            edges[node.name] = sources
+        self.check_acyclic(edges)
+
+    def check_acyclic(self, edges: dict):
+        """Kahn's algorithm over ``edges`` (node -> the nodes it reads)."""
+        waiting = {name: len(sources) for name, sources in edges.items()}
+        readers: dict[str, list] = {}
+        for name, sources in edges.items():
+            for source in sources:
+                readers.setdefault(source, []).append(name)
+        ready = [name for name, count in waiting.items() if count == 0]
+        while ready:
+            name = ready.pop()
+            for reader in readers.get(name, ()):
+                waiting[reader] -= 1
+                if waiting[reader] == 0:
+                    ready.append(reader)
+        left = {name for name, count in waiting.items() if count > 0}
+        if not left:
+            return
+        # Walk back from a node left over until a node repeats: that part is the cycle.
+        path, seen = [], {}
+        name = min(left)
+        while name not in seen:
+            seen[name] = len(path)
+            path.append(name)
+            name = next(source for source in edges[name] if source in left)
+        cycle = path[seen[name]:]
+        shown = " <- ".join(repr(n) for n in (cycle + cycle[:1])[:8]) + (" ..." if len(cycle) > 7 else "")
+        self.fail(f"node {cycle[0]!r}", f"is in a cycle ({shown}); {_ACYCLIC}")
+
+    # ---- functions
+
+    def check_function(self, function):
+        name = function.signature.name
+        where_prefix = f"function {name!r}:"
+        args = {arg.name for arg in function.signature.input_arg}
+        nodes, edges = {}, {}
+        for node in function.node_def:
+            where = f"{where_prefix} node {node.name!r}"
+            if not _FUNCTION_NAME.match(node.name) or node.name in nodes or node.name in args:
+                self.fail(where, "has an invalid or repeated name")
+            op_def = self.signature(node)
+            if op_def is None:
+                self.fail(where, f"has op {node.op[:60]!r}, which is not an op of TensorFlow "
+                          f"{tf.__version__} nor a function of the graph's library")
+            self.check_attrs(where, node, op_def if node.op not in self.functions else None, True)
+            nodes[node.name] = node
+        for node in function.node_def:
+            where = f"{where_prefix} node {node.name!r}"
+            sources = []
+            for text in node.input:
+                match = _FUNCTION_INPUT.match(text)
+                if match is None:
+                    self.fail(where, f"has input {text[:60]!r}, which is not 'arg', 'node:output:index' "
+                              "or '^node'")
+                source, index = match.group(2), match.group(4)
+                if source not in nodes and source not in args:
+                    self.fail(where, f"reads {text[:60]!r}, but the function has no node or argument "
+                              f"{source[:60]!r}")
+                if index is not None and int(index) >= _MAX_PORT:
+                    self.fail(where, f"reads output index {index} of {source!r}")
+                if source in nodes and nodes[source].op != "NextIteration":
+                    sources.append(source)
+            edges[node.name] = sources
+        for output, text in function.ret.items():
+            match = _FUNCTION_INPUT.match(text)
+            if match is None or (match.group(2) not in nodes and match.group(2) not in args):
+                self.fail(where_prefix, f"returns {output!r} from {text[:60]!r}, which names no node "
+                          "or argument of the function")
+        self.check_acyclic(edges)
+
+    def check_calls(self):
+        """No function of the library calls itself, directly or through others."""
+        calls = {}
+        for name, function in self.functions.items():
+            called = set()
+            for node in function.node_def:
+                if node.op in self.functions:
+                    called.add(node.op)
+                for value in node.attr.values():
+                    if value.WhichOneof("value") == "func":
+                        called.add(value.func.name)
+                    elif value.WhichOneof("value") == "list":
+                        called.update(func.name for func in value.list.func)
+            calls[name] = sorted(called & set(self.functions))
+        state: dict[str, int] = {}  # 1: on the current path, 2: done
+        for start in sorted(calls):
+            if state.get(start):
+                continue
+            stack = [(start, iter(calls[start]))]
+            state[start] = 1
+            while stack:
+                name, pending = stack[-1]
+                callee = next(pending, None)
+                if callee is None:
+                    state[name] = 2
+                    stack.pop()
+                elif state.get(callee) == 1:
+                    path = [frame[0] for frame in stack]
+                    cycle = path[path.index(callee):] + [callee]
+                    self.fail(f"function {callee!r}", "calls itself (" + " -> ".join(map(repr, cycle))
+                              + "); TensorFlow functions cannot recurse")
+                elif not state.get(callee):
+                    state[callee] = 1
+                    stack.append((callee, iter(calls[callee])))
+
+
+def _varint(data, position: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, position
+        shift += 7
+
+
+def _messages(data, start: int, end: int):
+    """(field number, start, end) of each length-delimited field of the message in data[start:end]."""
+    position = start
+    while position < end:
+        key, position = _varint(data, position)
+        wire = key & 7
+        if wire == 2:
+            length, position = _varint(data, position)
+            yield key >> 3, position, position + length
+            position += length
+        elif wire == 0:
+            _, position = _varint(data, position)
+        elif wire in (1, 5):
+            position += 8 if wire == 1 else 4
+        else:
+            raise ValueError(f"wire type {wire}")
+    if position != end:
+        raise ValueError("a field runs past its message")
+
+
+# Wire numbers: GraphDef.node, NodeDef.attr (entries: key, value), AttrValue.tensor (the other
+# fields of AttrValue share its oneof), TensorProto.tensor_content.
+_GRAPH_NODE, _NODE_ATTR, _ENTRY_KEY, _ENTRY_VALUE, _ATTR_TENSOR, _TENSOR_CONTENT = 1, 5, 1, 2, 8, 4
+_ATTR_ONEOF = frozenset(range(1, 11))  # list, s, i, f, b, type, shape, tensor, placeholder, func
+
+
+def _content_sizes(data: bytes, count: int) -> list | None:
+    """Per node of the binary GraphDef ``data``: the size of its ``value`` attr's tensor content.
+
+    Read from the wire format, with protobuf's rules for repeated fields
+    (the last wins, a oneof field of another kind clears the tensor), so
+    the constants' contents, nearly the whole file, need not be copied out
+    of the parsed graph to be measured. None when the bytes do not parse
+    as expected (the caller then measures the parsed graph).
+    """
+    view = memoryview(data)
+    sizes = []
+    try:
+        for field, start, end in _messages(view, 0, len(view)):
+            if field != _GRAPH_NODE:
+                continue
+            size = 0
+            for attr_field, entry_start, entry_end in _messages(view, start, end):
+                if attr_field != _NODE_ATTR:
+                    continue
+                key, tensor = None, None  # tensor: content size while the attr holds a tensor
+                for entry_field, value_start, value_end in _messages(view, entry_start, entry_end):
+                    if entry_field == _ENTRY_KEY:
+                        key = bytes(view[value_start:value_end])
+                    elif entry_field == _ENTRY_VALUE:
+                        tensor = _attr_content(view, value_start, value_end, tensor)
+                if key == b"value":
+                    size = tensor or 0
+            sizes.append(size)
+    except (ValueError, IndexError):
+        return None
+    return sizes if len(sizes) == count else None
+
+
+def _attr_content(view, start: int, end: int, tensor):
+    """The content size of an AttrValue's tensor after merging the message in view[start:end]."""
+    position = start
+    while position < end:
+        key, position = _varint(view, position)
+        field, wire = key >> 3, key & 7
+        if wire == 2:
+            length, position = _varint(view, position)
+            if field == _ATTR_TENSOR:
+                tensor = tensor or 0
+                for tensor_field, content_start, content_end in _messages(view, position, position + length):
+                    if tensor_field == _TENSOR_CONTENT:
+                        tensor = content_end - content_start
+            elif field in _ATTR_ONEOF:
+                tensor = None  # another member of the oneof
+            position += length
+        elif wire in (0, 1, 5):
+            if wire == 0:
+                _, position = _varint(view, position)
+            else:
+                position += 8 if wire == 1 else 4
+            if field in _ATTR_ONEOF:
+                tensor = None
+        else:
+            raise ValueError(f"wire type {wire}")
+    if position != end:
+        raise ValueError("a field runs past its message")
+    return tensor
+
+
+_FLOAT_TYPES = frozenset({1, 2, 14, 19})  # float, double, bfloat16, half: the weights
+
+
+def _check_shapes(graph_def, description: str):
+    """Import the graph without its weights' values, to run every op's shape function once.
+
+    Shapes that do not fit together (a rank-3 input into a convolution, an
+    axis out of range) are only found by TensorFlow's shape functions. Each
+    floating-point constant becomes a placeholder of its shape, as it
+    becomes a variable of its shape when the graph is rebuilt, so this
+    costs no copy of the weights.
+    """
+    skeleton = tf.compat.v1.GraphDef()
+    skeleton.versions.CopyFrom(graph_def.versions)
+    skeleton.library.CopyFrom(graph_def.library)
+    for node in graph_def.node:
+        if node.op == "Const" and node.attr["dtype"].type in _FLOAT_TYPES:
+            stand_in = skeleton.node.add(name=node.name, op="Placeholder", input=node.input)
+            stand_in.attr["dtype"].type = node.attr["dtype"].type
+            stand_in.attr["shape"].shape.CopyFrom(node.attr["value"].tensor.tensor_shape)
+        else:
+            skeleton.node.add().CopyFrom(node)
+    try:
+        with tf.Graph().as_default():
+            tf.import_graph_def(skeleton, name="")
+    except (ValueError, TypeError, tf.errors.OpError) as error:
+        message = getattr(error, "message", None) or str(error)
+        raise ModelLoadError(f"{description} is not a valid TensorFlow graph: "
+                             f"{message.strip().splitlines()[0][:600]}") from None
+
+
+def check_graph_def(graph_def, description: str, content_sizes=None):
+    """Refuse a GraphDef that TensorFlow's importer would crash or fail on, naming the bad part.
+
+    Checks, in one pass over the nodes (and the bodies of the library's
+    functions): names are valid and unique; every op is registered or a
+    library function, with the attrs its definition requires, of the right
+    kinds, dtypes and allowed values; every input names an existing node
+    and an existing output of it, in the declared number; the graph has no
+    cycle (except the back edges of TF1 while loops); declared shapes are
+    not absurd, and each constant's content fits its declared shape; no
+    function calls itself; and the graph's versions are ones this
+    TensorFlow reads.
+    """
+    versions = graph_def.versions
+    if versions.producer < tf.version.GRAPH_DEF_VERSION_MIN_PRODUCER or (
+            versions.min_consumer > tf.version.GRAPH_DEF_VERSION) or (
+            tf.version.GRAPH_DEF_VERSION in versions.bad_consumers):
+        raise ModelLoadError(
+            f"{description} declares graph versions producer={versions.producer}, min_consumer="
+            f"{versions.min_consumer}, which TensorFlow {tf.__version__} cannot read (it reads "
+            f"producers >= {tf.version.GRAPH_DEF_VERSION_MIN_PRODUCER} needing a consumer <= "
+            f"{tf.version.GRAPH_DEF_VERSION})")
+    functions = {}
+    for function in graph_def.library.function:
+        name = function.signature.name
+        if not _FUNCTION_NAME.match(name) or name in functions:
+            raise ModelLoadError(f"{description} is not a valid TensorFlow graph: its library defines "
+                                 f"function {name[:60]!r} twice or under an invalid name")
+        functions[name] = function
+    check = _GraphCheck(description, functions, content_sizes)
+    check.check_graph(graph_def.node)
+    for function in functions.values():
+        check.check_function(function)
+    check.check_calls()
