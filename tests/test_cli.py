@@ -205,7 +205,8 @@ def test_deconv_methods_targets_and_channels(model_file, image_files, tmp_path, 
     outdir, logdir = tmp_path / "out", tmp_path / "log"
     code, out, _ = run_cli(["deconv", model_file, image_files[0], "--preprocess", "unit",
                             "--layers", "conv2", "--method", "deconvnet,guided", "--target", "unit",
-                            "--channels", "0,2-3", "--outdir", outdir, "--logdir", logdir], capsys)
+                            "--unit-view", "image", "--channels", "0,2-3", "--outdir", outdir,
+                            "--logdir", logdir], capsys)
     assert code == 0
     assert f"tensorboard --logdir {logdir}" in out
     image = np.asarray(Image.open(image_files[0]), np.float32)[None] / 255

@@ -84,12 +84,12 @@ class _InterruptingOs(types.SimpleNamespace):
 def test_keyboard_interrupt_while_a_grid_streams_into_its_file(tmp_path, monkeypatch):
     """A grid past TensorBoard's size limit is encoded into a temporary file chunk by chunk;
     a Ctrl-C between chunks removes that file and leaves no grid behind."""
-    from tf_cnnvis import visualize
+    from tf_cnnvis import render
 
     graph = tf1_graph()[0]
     out = tmp_path / "out"
     monkeypatch.setattr(write, "SUMMARY_MAX_SIDE", 8)
-    real_normalize = visualize.normalize_each
+    real_normalize = render.normalize_signed
     calls = []
 
     def interrupting_normalize(values):
@@ -99,7 +99,7 @@ def test_keyboard_interrupt_while_a_grid_streams_into_its_file(tmp_path, monkeyp
             raise KeyboardInterrupt
         return real_normalize(values)
 
-    monkeypatch.setattr(visualize, "normalize_each", interrupting_normalize)
+    monkeypatch.setattr(render, "normalize_signed", interrupting_normalize)
     with pytest.raises(KeyboardInterrupt):
         tf_cnnvis.deconv_visualization(graph, {"x": IMAGES}, layers=["relu2"], memory_budget_mb=0.001,
                                        keep_arrays=False, path_outdir=str(out), path_logdir=None)

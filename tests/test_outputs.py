@@ -11,6 +11,7 @@ from PIL import Image
 
 import tf_cnnvis
 from tf_cnnvis import write
+from tf_cnnvis.render import normalize_signed
 from tf_cnnvis.utils import convert_into_grid, image_normalization
 from tf_cnnvis.write import safe_names
 
@@ -92,7 +93,8 @@ def test_several_images_get_an_index_and_steps_make_a_slider(tmp_path, images):
 def test_streamed_pictures_are_the_arrays_rendered_and_need_no_arrays(tmp_path, images, target):
     """Grids and channel PNGs are built chunk by chunk; keep_arrays=False writes the same files."""
     model = small_keras_model()
-    options = dict(layers=["conv2"], target=target, method="guided", save_channels=True, memory_budget_mb=0.01)
+    options = dict(layers=["conv2"], target=target, method="guided", save_channels=True, memory_budget_mb=0.01,
+                   unit_view="image")
     kept = tf_cnnvis.deconv_visualization(model, images, path_outdir=str(tmp_path / "kept"), path_logdir=None,
                                           **options)
     arrays = kept.arrays["conv2"]["guided"]
@@ -100,7 +102,7 @@ def test_streamed_pictures_are_the_arrays_rendered_and_need_no_arrays(tmp_path, 
     for index in range(len(images)):
         grid = read_png(tmp_path / "kept" / "conv2" / "deconvolution" / folder / f"image_{index:03d}"
                         / "grid_image.png")
-        expected = convert_into_grid(np.stack([image_normalization(a) for a in arrays[index]]))
+        expected = convert_into_grid(normalize_signed(arrays[index]))
         np.testing.assert_array_equal(grid, expected)
     streamed = tf_cnnvis.deconv_visualization(model, images, path_outdir=str(tmp_path / "streamed"),
                                               path_logdir=str(tmp_path / "log"), keep_arrays=False, **options)
@@ -220,3 +222,50 @@ def test_real_pretrained_vgg16_end_to_end(tmp_path):
         picture = read_png(path)
         assert picture.min() < picture.max(), path
     assert len(event_images(str(log))) == len(layers) + 4
+
+
+def test_single_units_are_drawn_at_their_receptive_field_beside_the_input_patch(tmp_path):
+    """Each cell: the reconstruction cut to the unit's field, then the input pixels under it."""
+    from tf_cnnvis import compute
+    from tf_cnnvis.load import load_model
+    from tf_cnnvis.rebuild import rebuild
+    from tf_cnnvis.receptive_field import receptive_field
+
+    model = small_keras_model(seed=4)
+    images = np.random.default_rng(3).uniform(0, 1, (1, 32, 32, 3)).astype(np.float32)
+    channels = [0, 2, 5]
+    common = dict(layers=["conv2"], method="guided", target="unit", channels=channels, path_logdir=None)
+    fields = tf_cnnvis.deconv_visualization(model, images, path_outdir=str(tmp_path / "field"), **common)
+    whole = tf_cnnvis.deconv_visualization(model, images, path_outdir=str(tmp_path / "whole"),
+                                           unit_view="image", **common)
+    np.testing.assert_array_equal(fields["conv2"]["guided"], whole["conv2"]["guided"])  # the same arrays
+
+    frozen = load_model(model)
+    graph = rebuild(frozen, "guided").graph
+    tensor = fields.layers[0].tensor
+    field = receptive_field(graph, frozen.inputs[0], tensor, (32, 32))
+    assert field.size == (8, 8)  # conv 3x3, pool 2, conv 3x3 at a jump of 2
+    side = 8 * math.ceil(64 / 8)  # small fields are enlarged with whole pixels
+    grid = read_png([p for p in fields.paths if p.endswith("grid_image.png")][0])
+    assert grid.shape == (2 * side + 1, 2 * (2 * side + 2) + 1, 3)  # 3 cells: 2 x 2, one empty
+    assert read_png([p for p in whole.paths if p.endswith("grid_image.png")][0]).shape[:2] == (65, 65)
+
+    values = compute.activations(rebuild(frozen, "gradient"), _feed(frozen, images), fields.layers)[tensor]
+    units = compute.strongest_units(values)[0, channels]
+    for cell, (i, j) in enumerate(units):
+        y0, x0, y1, x1 = field.box(int(i), int(j), clip_to=(32, 32))
+        row, column = divmod(cell, 2)
+        top, left = row * (side + 1), column * (2 * side + 3)
+        patch = grid[top:top + side, left + side + 2:left + 2 * side + 2]
+        expected = np.asarray(Image.fromarray(image_normalization(images[0])[y0:y1, x0:x1]).resize(
+            (side, side), Image.BILINEAR if max(y1 - y0, x1 - x0) > side else Image.NEAREST))
+        np.testing.assert_array_equal(patch, expected)
+        reconstruction = grid[top:top + side, left:left + side]
+        assert reconstruction.std() > 0  # the field carries the unit's signal, not flat grey
+
+
+def _feed(frozen, images):
+    from tf_cnnvis.feeds import resolve_feed
+    from tf_cnnvis.rebuild import rebuild
+
+    return resolve_feed(frozen, rebuild(frozen, "gradient").graph, images)

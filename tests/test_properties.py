@@ -17,7 +17,8 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image
 
 from tf_cnnvis import write
-from tf_cnnvis.render import convert_into_grid, image_normalization, normalize_each, normalize_rows
+from tf_cnnvis.render import (convert_into_grid, image_normalization, normalize_each, normalize_rows,
+                              normalize_signed)
 from tf_cnnvis.write import GridPng, PngStream, ShrunkPng, encode_png, inside, safe_names
 
 SAFE_CHARACTERS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
@@ -207,3 +208,27 @@ def test_convert_into_grid_places_every_cell(cells, padding):
 def test_image_normalization_at_the_limits_of_floats(low, high):
     out = image_normalization(np.array([low, (low + high) / 2 if np.isfinite(low + high) else 0.0, high]))
     assert out[0] == 0 and out[-1] == 255 and 100 < out[1] < 155
+
+
+@PROPERTY_SETTINGS
+@given(batch=hnp.arrays(np.float32, st.tuples(st.integers(1, 3), st.integers(1, 12), st.integers(1, 12),
+                                               st.sampled_from([1, 3])),
+                        elements=st.floats(-1e6, 1e6, width=32)))
+def test_signed_scaling_is_monotonic_and_keeps_zero_at_mid_grey(batch):
+    out = normalize_signed(batch)
+    assert out.dtype == np.uint8 and out.shape == batch.shape
+    for item, picture in zip(batch, out):
+        order = np.argsort(item.ravel(), kind="stable")
+        assert np.all(np.diff(picture.ravel()[order].astype(int)) >= 0)  # larger values, no darker grey
+        assert np.all(picture[item == 0] == 128)
+        assert np.all(picture[item > 0] >= 128) and np.all(picture[item < 0] <= 128)
+
+
+def test_one_extreme_pixel_no_longer_flattens_the_rest():
+    rng = np.random.default_rng(0)
+    picture = rng.normal(0, 1, (1, 64, 64, 3)).astype(np.float32)
+    picture[0, 5, 5, 0] = 1e4
+    robust, minmax = normalize_signed(picture)[0], normalize_each(picture)[0]
+    span = lambda grey: np.subtract(*np.percentile(grey, [99, 1]))  # noqa: E731
+    assert span(robust) > 0.6 * 255 and span(minmax) < 0.05 * 255
+    assert robust[5, 5, 0] == 255  # the extreme pixel saturates

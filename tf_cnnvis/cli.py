@@ -23,8 +23,8 @@ import tempfile
 import urllib.parse
 
 from tf_cnnvis import arguments
-from tf_cnnvis.options import (DEFAULT_MEMORY_BUDGET_MB, INTEGRATION_RULES, SMOOTHINGS,
-                               check_attribution_methods)
+from tf_cnnvis.options import (DEFAULT_MEMORY_BUDGET_MB, INTEGRATION_RULES, SCALINGS, SMOOTHINGS, TARGETS,
+                               UNIT_VIEWS, check_attribution_methods)
 
 PROGRAM = "tf-cnnvis"
 CACHE_ENV = "TF_CNNVIS_CACHE"
@@ -122,8 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_layer_choice(deconv)
     deconv.add_argument("--method", type=arguments.methods, default=["deconvnet"], metavar="M[,M]",
                         help="deconvnet (default), guided, gradient, or several separated by commas")
-    deconv.add_argument("--target", choices=("map", "unit"), default="map",
+    deconv.add_argument("--target", choices=TARGETS, default="map",
                         help="map: the whole channel map (default); unit: its strongest unit")
+    deconv.add_argument("--unit-view", choices=UNIT_VIEWS, default="field",
+                        help="with --target unit: field (default) cuts each unit's reconstruction to its "
+                             "receptive field beside the input patch; image draws the whole image")
+    deconv.add_argument("--scaling", choices=SCALINGS, default="robust",
+                        help="robust (default): zero is mid-grey, the 99.5th percentile of magnitudes is "
+                             "black/white; minmax: each picture's range stretched")
     deconv.add_argument("--channels", type=arguments.integers, metavar="LIST",
                         help="channel indices, e.g. 0,3,5-8 (default: all)")
     deconv.add_argument("--memory-budget-mb", type=float, default=DEFAULT_MEMORY_BUDGET_MB,
@@ -355,13 +361,13 @@ def _preprocessing(name: str, builtin: str | None):
 
 def _input_shape(model, input_tensor):
     """(height, width, channels) of the image input, None where open."""
+    from tf_cnnvis.graph import as_tensor_name
     from tf_cnnvis.rebuild import rebuild
 
     graph = rebuild(model, "gradient").graph
     name = model.inputs[0]
     if input_tensor is not None:
-        name = model.input_aliases.get(input_tensor, input_tensor if ":" in input_tensor
-                                       else f"{input_tensor}:0")
+        name = model.input_aliases.get(input_tensor, as_tensor_name(input_tensor))
     try:
         shape = graph.get_tensor_by_name(name).shape
     except (KeyError, ValueError):
@@ -449,7 +455,9 @@ def _run_deconv(args, out):
                                   logdir, outdir, method=args.method, target=args.target,
                                   channels=args.channels, step=args.step,
                                   save_channels=args.save_channels,
-                                  memory_budget_mb=args.memory_budget_mb, progress=not args.quiet)
+                                  memory_budget_mb=args.memory_budget_mb, progress=not args.quiet,
+                                  scaling=args.scaling, unit_view=args.unit_view,
+                                  deprocess=_preprocessing(args.preprocess, builtin)[2])
     return _finish(result, args, out, outdir, logdir)
 
 

@@ -15,6 +15,10 @@ from tf_cnnvis.errors import OptionError
 
 METHODS = ("deconvnet", "guided", "gradient")
 TARGETS = ("map", "unit")
+# How reconstructions become grey levels (render.normalize_signed, render.normalize_each).
+SCALINGS = ("robust", "minmax")
+# How single units are drawn: cut to their receptive field, or on the whole image.
+UNIT_VIEWS = ("field", "image")
 DEFAULT_MEMORY_BUDGET_MB = 1024
 LETTERS = {"r": "relu", "p": "pool", "c": "conv"}
 
@@ -52,6 +56,18 @@ def check_methods(method) -> list[str]:
     names = [check_method(name) for name in method]
     _refuse_repeats("method", names)
     return names
+
+
+def check_scaling(scaling) -> str:
+    if not isinstance(scaling, str) or scaling not in SCALINGS:
+        raise OptionError(f"scaling={scaling!r} is not one of {_choices(SCALINGS)}")
+    return scaling
+
+
+def check_unit_view(unit_view) -> str:
+    if not isinstance(unit_view, str) or unit_view not in UNIT_VIEWS:
+        raise OptionError(f"unit_view={unit_view!r} is not one of {_choices(UNIT_VIEWS)}")
+    return unit_view
 
 
 def check_target(target) -> str:

@@ -18,7 +18,7 @@ import zlib
 import numpy as np
 
 from tf_cnnvis.layers import LayerInfo
-from tf_cnnvis.options import check_integer
+from tf_cnnvis.options import check_integer, check_scaling
 from tf_cnnvis.write import (AtomicFile, GridPng, PngStream, ShrunkPng, SummaryWriter, encode_png,
                              ensure_folder, grid_layout, grid_shape, inside, safe_names, summary_factor,
                              write_atomic)
@@ -88,6 +88,41 @@ def normalize_each(images, ubound=255.0):
         part = images[begin:begin + block]
         result[begin:begin + block] = normalize_rows(part.reshape(part.shape[0], -1),
                                                       ubound).reshape(part.shape)
+    return result
+
+
+# Reconstructions are signed, and zero is mid-grey. Their scale is a high
+# percentile of each picture's magnitudes rather than its largest value, so
+# the few brightest pixels saturate instead of pressing everything else into
+# grey: with min-max scaling the 1st-99th percentile of VGG16's guided and
+# deconvnet grids spanned 44 to 108 of 255 grey levels.
+ROBUST_PERCENTILE = 99.5
+
+
+def normalize_signed(images, percentile: float = ROBUST_PERCENTILE) -> np.ndarray:
+    """Each item of a batch as uint8 with zero at mid-grey (128) and +-its scale at 255 / 0.
+
+    The scale is the ``percentile`` of the item's magnitudes (their maximum
+    where that percentile is zero, so sparse pictures keep their few
+    pixels); values beyond it saturate. An item of zeros is flat grey.
+    Non-finite values count as zero.
+    """
+    images = np.asarray(images)
+    result = np.full(images.shape, 128, np.uint8)
+    if images.size == 0:
+        return result
+    per_item = images.size // images.shape[0]
+    block = max(1, _BLOCK_VALUES // per_item)
+    for begin in range(0, images.shape[0], block):
+        part = images[begin:begin + block]
+        rows = np.nan_to_num(part.reshape(part.shape[0], -1).astype(np.float32), nan=0.0, posinf=0.0,
+                             neginf=0.0)
+        magnitude = np.abs(rows)
+        kth = min(per_item - 1, int(np.ceil(percentile / 100 * per_item)) - 1)
+        scale = np.partition(magnitude, max(kth, 0), axis=1)[:, max(kth, 0)]
+        scale = np.where(scale > 0, scale, magnitude.max(axis=1))[:, None]
+        scaled = np.clip(rows / np.where(scale > 0, scale, 1), -1, 1) * 127.5 + 127.5
+        result[begin:begin + block] = np.rint(scaled).astype(np.uint8).reshape(part.shape)
     return result
 
 
@@ -189,6 +224,55 @@ def feature_grid(values: np.ndarray) -> np.ndarray:
     return convert_into_grid(normalize_each(maps))
 
 
+class FieldView:
+    """Single units as Zeiler & Fergus drew them: each reconstruction cut to its unit's
+    receptive field, beside the input patch under the same field.
+
+    ``boxes`` holds ``(y0, x0, y1, x1)`` per image and drawn channel (the
+    field clipped to the image); ``pictures`` the input images as RGB uint8.
+    Both halves of a cell are scaled to the field's nominal size, and small
+    fields are enlarged to at least ``MIN_SIDE`` pixels with whole pixels.
+    """
+
+    MIN_SIDE = 64
+    GAP = 2
+
+    def __init__(self, boxes: np.ndarray, pictures: np.ndarray, field_size):
+        self.boxes, self.pictures = np.asarray(boxes), pictures
+        height, width = (min(int(side), limit) for side, limit in zip(field_size, pictures.shape[1:3]))
+        factor = max(1, -(-self.MIN_SIDE // max(height, width)))
+        self.size = (height * factor, width * factor)
+        self.cell_shape = (self.size[0], 2 * self.size[1] + self.GAP, 3)
+
+    def cells(self, image: int, first: int, values: np.ndarray, normalize) -> np.ndarray:
+        """Cells of the reconstructions ``values`` of drawn channels ``first...`` on ``image``."""
+        cells = np.full((len(values),) + self.cell_shape, 255, np.uint8)
+        width = self.size[1]
+        for offset, value in enumerate(values):
+            y0, x0, y1, x1 = (int(v) for v in self.boxes[image, first + offset])
+            if y1 <= y0 or x1 <= x0:  # a unit that reads only padding
+                y0, x0, y1, x1 = 0, 0, *self.pictures.shape[1:3]
+            reconstruction = normalize(_displayable(value[None, y0:y1, x0:x1]))[0]
+            cells[offset, :, :width] = self._fit(_as_rgb(reconstruction))
+            cells[offset, :, width + self.GAP:] = self._fit(self.pictures[image, y0:y1, x0:x1])
+        return cells
+
+    def _fit(self, picture: np.ndarray) -> np.ndarray:
+        """``picture`` (h, w, 3) scaled to the cell's half: whole pixels when enlarging."""
+        from PIL import Image
+
+        if picture.shape[:2] == self.size:
+            return picture
+        smaller = picture.shape[0] > self.size[0] or picture.shape[1] > self.size[1]
+        resample = Image.BILINEAR if smaller else Image.NEAREST
+        return np.asarray(Image.fromarray(picture).resize(self.size[::-1], resample))
+
+
+def _as_rgb(picture: np.ndarray) -> np.ndarray:
+    """A grey, RGB or RGBA uint8 picture ``(h, w, c)`` as RGB."""
+    return np.repeat(picture, 3, axis=-1) if picture.shape[-1] == 1 else picture[..., :3]
+
+
 class ReconstructionGrids:
     """Receives one layer's reconstructions chunk by chunk: keeps and/or renders them.
 
@@ -198,11 +282,14 @@ class ReconstructionGrids:
     """
 
     def __init__(self, writer: Writer, layer: LayerInfo, parts: tuple[str, ...], numbers, count: int,
-                 image_shape, keep: bool, save_channels: bool):
+                 image_shape, keep: bool, save_channels: bool, scaling: str = "robust",
+                 fields: FieldView | None = None):
         self.writer, self.layer, self.parts, self.numbers = writer, layer, parts, numbers
-        self.count, self.save_channels = count, save_channels
+        self.count, self.save_channels, self.fields = count, save_channels, fields
+        self.normalize = normalize_signed if check_scaling(scaling) == "robust" else normalize_each
         self.arrays = np.zeros((count, len(numbers)) + tuple(image_shape), np.float32) if keep else None
-        cell = tuple(image_shape[:2]) + (_display_channels(image_shape[-1]),)
+        cell = fields.cell_shape if fields is not None else (
+            tuple(image_shape[:2]) + (_display_channels(image_shape[-1]),))
         what = "/".join(parts)
         self.grids = []
         try:
@@ -218,7 +305,10 @@ class ReconstructionGrids:
             self.arrays[image, first:first + len(values)] = values
         if not self.grids:
             return
-        pictures = normalize_each(_displayable(values))
+        if self.fields is not None:
+            pictures = self.fields.cells(image, first, values, self.normalize)
+        else:
+            pictures = self.normalize(_displayable(values))
         self.grids[image].add(pictures)
         if self.save_channels:
             parts = self.parts + image_parts(image, self.count) + ("channels",)

@@ -17,11 +17,13 @@ from tf_cnnvis.feeds import resolve_feed
 from tf_cnnvis.layers import LayerInfo, layer_table, select_layers
 from tf_cnnvis.load import load_model
 from tf_cnnvis.options import (DEFAULT_MEMORY_BUDGET_MB, check_channels, check_layer_selection,
-                               check_memory_budget, check_methods, check_model_source, check_target)
+                               check_memory_budget, check_methods, check_model_source, check_scaling,
+                               check_target, check_unit_view)
 from tf_cnnvis.progress import progress_bar
 from tf_cnnvis.rebuild import rebuild
-from tf_cnnvis.render import (ReconstructionGrids, VisualizationResult, Writer, feature_grid,
-                              image_normalization, image_parts, image_tag)
+from tf_cnnvis.receptive_field import receptive_field
+from tf_cnnvis.render import (FieldView, ReconstructionGrids, VisualizationResult, Writer, display_image,
+                              feature_grid, image_normalization, image_parts, image_tag)
 
 logger = logging.getLogger("tf_cnnvis")
 
@@ -88,7 +90,8 @@ def deconv_visualization(graph_or_path=None, value_feed_dict=None, input_tensor=
                          method="deconvnet", target="map", channels=None, step=0,
                          save_channels=False,
                          memory_budget_mb=DEFAULT_MEMORY_BUDGET_MB, keep_arrays=True,
-                         progress=False, trust_model_code=False) -> VisualizationResult:
+                         progress=False, trust_model_code=False, scaling="robust", unit_view="field",
+                         deprocess=None) -> VisualizationResult:
     """Reconstruct each channel of each selected layer back into image space.
 
     Args (beyond those of :func:`activation_visualization`):
@@ -107,8 +110,22 @@ def deconv_visualization(graph_or_path=None, value_feed_dict=None, input_tensor=
             a terminal; a callable receives the number of reconstructions
             finished.
         trust_model_code: as in :func:`activation_visualization`.
+        scaling: ``'robust'`` (default) shows zero as mid-grey and scales
+            each picture by the 99.5th percentile of its magnitudes, so a
+            few extreme pixels saturate instead of greying out the rest;
+            ``'minmax'`` stretches each picture's range to black..white.
+        unit_view: with ``target='unit'``, ``'field'`` (default) draws each
+            unit's reconstruction cut to its receptive field beside the
+            input patch under it, as Zeiler & Fergus did; ``'image'`` draws
+            it on the whole image. Units whose field is the whole image (after
+            a global pooling or a squeeze-and-excitation gate) are drawn whole.
+        deprocess: maps model inputs ``(N, H, W, C)`` back to RGB in
+            [0, 255] for the input patches (e.g. undoing a mean
+            subtraction); without it each image's range is stretched.
     """
     methods = check_methods(method)
+    check_scaling(scaling)
+    check_unit_view(unit_view)
     check_layer_selection(layers)
     check_target(target)
     check_channels(channels)
@@ -144,9 +161,12 @@ def deconv_visualization(graph_or_path=None, value_feed_dict=None, input_tensor=
     for layer in chosen:
         result.arrays[layer.name] = {}
         numbers = np.arange(layer.channels) if channels is None else np.atleast_1d(channels)
+        fields = None
+        if target == "unit" and unit_view == "field" and writer.enabled:
+            fields = _field_view(plain, feed, layer, values[layer.tensor], numbers, deprocess)
         for name in methods:
             render = ReconstructionGrids(writer, layer, ("deconvolution", folder_of[name]), numbers, count,
-                                      feed.images.shape[1:], keep_arrays, save_channels)
+                                         feed.images.shape[1:], keep_arrays, save_channels, scaling, fields)
             try:
                 compute.reconstruct(rebuild(model, name), feed, layer, target=target, channels=channels,
                                     layer_values=values.get(layer.tensor), memory_budget_mb=memory_budget_mb,
@@ -164,3 +184,21 @@ def deconv_visualization(graph_or_path=None, value_feed_dict=None, input_tensor=
     return result
 
 
+def _field_view(rebuilt, feed, layer: LayerInfo, layer_values: np.ndarray, numbers, deprocess) -> FieldView | None:
+    """Where each drawn unit's receptive field lies, or None where a unit sees the whole image."""
+    if layer_values.ndim != 4:
+        return None
+    image_size = feed.images.shape[1:3]
+    try:
+        field = receptive_field(rebuilt.graph, feed.input_name, layer.tensor, tuple(image_size))
+    except ValueError as error:
+        logger.info("no receptive field for %s (%s): units are drawn on the whole image", layer.name, error)
+        return None
+    if field is None:
+        logger.info("units of %s see the whole image: they are drawn on it", layer.name)
+        return None
+    units = compute.strongest_units(layer_values)[:, numbers]  # (N, K, 2)
+    boxes = np.array([[field.box(int(i), int(j), clip_to=tuple(image_size)) for i, j in image_units]
+                      for image_units in units])
+    pictures = np.stack([display_image(image, deprocess) for image in feed.images])
+    return FieldView(boxes, pictures, field.size)
