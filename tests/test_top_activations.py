@@ -295,6 +295,19 @@ def test_invalid_arguments_name_what_is_accepted(model_and_images):
         top_activations(model, 42, ["conv3"], path_outdir=None)
 
 
+def test_the_name_the_package_exports_is_callable(model_and_images):
+    """``from tf_cnnvis import top_activations`` gives the package (its submodule's name); it runs the scan."""
+    import tf_cnnvis
+    from tf_cnnvis import top_activations as exported
+
+    model, images = model_and_images
+    options = dict(k=2, reconstruct=False, path_outdir=None)
+    called = exported(model, images[:10], ["conv3"], **options)
+    direct = top_activations(model, images[:10], ["conv3"], **options)
+    assert tf_cnnvis.top_activations is exported and called.count == 10
+    np.testing.assert_array_equal(called["conv3"].image_index, direct["conv3"].image_index)
+
+
 MIRRORED_SCRIPT = textwrap.dedent("""
     import json, os, sys
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"

@@ -17,6 +17,8 @@ per layer (:mod:`.pictures`); and an HDF5 file (:mod:`.storage`) from which
 from __future__ import annotations
 
 import os
+import sys
+import types
 
 import numpy as np
 import tensorflow as tf
@@ -158,3 +160,18 @@ def _display(raw: np.ndarray, deprocess) -> np.ndarray:
                           "it must return (N, H, W, 1 or 3) images in [0, 255]")
     return np.clip(np.round(shown), 0, 255).astype(np.uint8)
 
+
+class _CallableModule(types.ModuleType):
+    """This package, callable as :func:`top_activations`.
+
+    Importing ``tf_cnnvis.top_activations`` binds the package, not the
+    function, to that name in ``tf_cnnvis``, so ``from tf_cnnvis import
+    top_activations`` gives the package; calling it runs the scan, as the
+    README shows.
+    """
+
+    def __call__(self, *args, **kwargs) -> TopActivations:
+        return top_activations(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
