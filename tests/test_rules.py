@@ -423,28 +423,28 @@ def test_the_channelwise_head_stops_at_ops_that_mix_channels_or_strided_convolut
 def layer_zoo_model(seed=0):
     """A small Keras model with one of each op the batched backward pass knows."""
     import keras
-    from keras import layers as L
+    from keras import layers as kl
 
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((16, 16, 3), name="image")
-    x = L.Rescaling(0.5, offset=-0.25)(inputs)
-    x = L.ZeroPadding2D(1)(x)
-    x = L.Conv2D(6, 3, name="conv1")(x)
-    x = L.BatchNormalization(name="bn")(x)
-    x = L.ReLU(name="relu1")(x)
-    x = L.MaxPooling2D(2, name="pool1")(x)  # over a ReLU: fused
-    a = L.DepthwiseConv2D(3, padding="same", name="dw")(x)
-    a = L.LeakyReLU(negative_slope=0.2, name="leaky")(a)
-    b = L.Conv2D(6, 1, activation="elu", name="conv_b")(x)
-    x = L.Concatenate(name="cat")([a, b])
-    x = L.Add(name="residual")([x, L.Conv2D(12, 3, padding="same", name="conv2")(x)])
-    x = L.AveragePooling2D(2, name="avg")(x)
-    excite = L.Conv2D(12, 1, activation="sigmoid", name="excite")(
-        L.GlobalAveragePooling2D(keepdims=True, name="squeeze")(x))
-    x = L.Activation("tanh", name="tanh")(L.Multiply(name="scale")([x, excite]))  # a product of two maps
-    x = L.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="strided")(x)
-    x = L.Concatenate(name="cat2")([L.GlobalAveragePooling2D(name="gap")(x), L.Flatten(name="flat")(x)])
-    model = keras.Model(inputs, L.Dense(5, activation="relu", name="dense")(x))
+    x = kl.Rescaling(0.5, offset=-0.25)(inputs)
+    x = kl.ZeroPadding2D(1)(x)
+    x = kl.Conv2D(6, 3, name="conv1")(x)
+    x = kl.BatchNormalization(name="bn")(x)
+    x = kl.ReLU(name="relu1")(x)
+    x = kl.MaxPooling2D(2, name="pool1")(x)  # over a ReLU: fused
+    a = kl.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    a = kl.LeakyReLU(negative_slope=0.2, name="leaky")(a)
+    b = kl.Conv2D(6, 1, activation="elu", name="conv_b")(x)
+    x = kl.Concatenate(name="cat")([a, b])
+    x = kl.Add(name="residual")([x, kl.Conv2D(12, 3, padding="same", name="conv2")(x)])
+    x = kl.AveragePooling2D(2, name="avg")(x)
+    excite = kl.Conv2D(12, 1, activation="sigmoid", name="excite")(
+        kl.GlobalAveragePooling2D(keepdims=True, name="squeeze")(x))
+    x = kl.Activation("tanh", name="tanh")(kl.Multiply(name="scale")([x, excite]))  # a product of two maps
+    x = kl.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="strided")(x)
+    x = kl.Concatenate(name="cat2")([kl.GlobalAveragePooling2D(name="gap")(x), kl.Flatten(name="flat")(x)])
+    model = keras.Model(inputs, kl.Dense(5, activation="relu", name="dense")(x))
     bn = model.get_layer("bn")  # statistics away from the identity
     rng = np.random.default_rng(seed)
     bn.set_weights([w + rng.uniform(0.5, 1.5, w.shape).astype(np.float32) for w in bn.get_weights()])
@@ -492,7 +492,7 @@ def test_batched_backward_pass_equals_the_parallel_for_pass(method, monkeypatch)
 
 
 def test_batched_pass_refuses_ops_it_has_no_rule_for():
-    """An op without a batched rule (here a Softplus and a strided-window max-pool) gives None, so the
+    """An op without a batched rule (here an Erf and a strided-window max-pool) gives None, so the
     caller falls back to parallel-for instead of broadcasting wrongly."""
     from tf_cnnvis.backward import batched_gradient
     from tf_cnnvis.layers import depends_on_inputs
@@ -500,7 +500,7 @@ def test_batched_pass_refuses_ops_it_has_no_rule_for():
     graph = tf.Graph()
     with graph.as_default():
         x = tf.compat.v1.placeholder(tf.float32, [1, 6, 6, 2], name="x")
-        soft = tf.nn.softplus(x)
+        soft = tf.math.erf(x)
         overlapping = tf.nn.max_pool2d(tf.nn.relu(x), 3, 1, "VALID")
         fine = tf.nn.relu(x)
         dependent = depends_on_inputs(graph, ["x:0"])

@@ -30,27 +30,30 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
+from tf_cnnvis.activation_functions import FUNCTIONS
 from tf_cnnvis.graph import ops_between
-from tf_cnnvis.rules import (RULES, Switches, flipped_kernel, forward_part, pool_over_relu, sizes_of_batch,
-                             transposed_padding)
+from tf_cnnvis.rules import (RULES, Switches, activation_input_index, flipped_kernel, forward_part, pool_over_relu,
+                             sizes_of_batch, transposed_padding)
 
 __all__ = ["backward_path", "batched_gradient", "channelwise_head", "seeds_below_head"]
 
 
-def batched_gradient(top, seeds, image, method: str, dependent: set[str], negative: frozenset = frozenset()):
+def batched_gradient(top, seeds, image, method: str, dependent: set[str], kinds=None):
     """The image gradients of ``top`` for a batch of seeds, or None when an op has no batched rule.
 
     ``seeds``: ``(B, *top.shape[1:])``, item b the upstream gradient of
     item b at ``top``; ``top`` and ``image`` have batch 1. ``dependent``:
-    the names of the ops that depend on ``image``; ``negative``: the
-    negative-branch ReLUs of PReLU layers. Returns ``(B, *image.shape[1:])``
+    the names of the ops that depend on ``image``; ``kinds``: op name ->
+    the rule it gets where that is not its op type
+    (:func:`tf_cnnvis.rules.rule_kinds`: activation functions, the
+    negative-branch ReLUs of PReLU layers). Returns ``(B, *image.shape[1:])``
     (zeros where ``top`` does not depend on the image).
     """
-    path = backward_path(top, image, dependent)
+    kinds = kinds or {}
+    path = backward_path(top, image, dependent, kinds)
     if path is None:
         return None
-    steps = {op.name: _Step(op, "PReLUNegative" if op.name in negative else op.type, method,
-                            _moving(op, dependent)) for op in path}
+    steps = {op.name: _Step(op, kinds.get(op.name, op.type), method, _moving(op, dependent)) for op in path}
     if not all(_batchable(step) for step in steps.values()):
         return None
     consumers = {}
@@ -76,14 +79,28 @@ def batched_gradient(top, seeds, image, method: str, dependent: set[str], negati
     return tf.add_n(reached) if len(reached) > 1 else reached[0]
 
 
-def backward_path(top, image, dependent):
+def backward_path(top, image, dependent, kinds=None):
     """The ops the batched pass walks from ``top`` down to ``image``, top first.
 
-    :func:`tf_cnnvis.graph.ops_between`, or None when an op on the way has
-    a second output that the way reads (the pass carries one gradient per
-    op). ``dependent``: the names of the ops that depend on ``image``.
+    :func:`tf_cnnvis.graph.ops_between` without the ops that only an
+    activation function's rule passes over (its inner ops, whose gradient
+    the rule replaces; ``kinds`` as for :func:`batched_gradient`), or None
+    when an op on the way has a second output that the way reads (the pass
+    carries one gradient per op). ``dependent``: the names of the ops that
+    depend on ``image``.
     """
+    kinds = kinds or {}
     path = ops_between(top, image, dependent)
+    reached = {top.op.name}
+    for op in path:  # top first: each op's gradient-carrying inputs are reached before they are seen
+        if op.name in reached:
+            inputs = op.inputs
+            if kinds.get(op.name) in FUNCTIONS:
+                inputs = [op.inputs[activation_input_index(op)]]
+            elif op.type == "IdentityN":
+                inputs = op.inputs[:1]
+            reached.update(tensor.op.name for tensor in inputs)
+    path = [op for op in path if op.name in reached]
     used = {tensor.name for op in path for tensor in op.inputs} | {top.name}
     if any(tensor.name in used for op in path for tensor in op.outputs[1:]):
         return None
@@ -142,6 +159,16 @@ def _first_input_moves(step: _Step) -> bool:
 
 def _method_has_rule(step: _Step) -> bool:
     return step.kind in RULES[step.method] and step.moving == [0]
+
+
+def _activation_input_moves(step: _Step) -> bool:
+    """The activation's input carries a gradient (its other inputs, inside the function, get none)."""
+    return activation_input_index(step.op) in step.moving
+
+
+def _first_output_passes(step: _Step) -> bool:
+    """An IdentityN whose output 0 is on the way (``backward_path`` refused the others)."""
+    return 0 in step.moving
 
 
 def _windows_tile(step: _Step) -> bool:
@@ -227,6 +254,11 @@ def _method_rule(step: _Step, grad):
     """The method's rule from :data:`tf_cnnvis.rules.RULES` (rectifiers, max-pool, Conv2D)."""
     result = RULES[step.method][step.kind](step.op, grad)
     return {0: result[0] if isinstance(result, tuple) else result}
+
+
+def _activation_rule(step: _Step, grad):
+    """An activation function's rule, straight to its input x (see :mod:`tf_cnnvis.rules`)."""
+    return {activation_input_index(step.op): RULES[step.method][step.kind](step.op, grad)}
 
 
 def _sigmoid(step: _Step, grad):
@@ -346,6 +378,10 @@ _HANDLERS = {
     **dict.fromkeys(("Identity", "BiasAdd"), _Handler(_first_input_moves, _pass_through)),
     **dict.fromkeys(("Relu", "Relu6", "Elu", "Selu", "LeakyRelu", "LRN", "PReLUNegative"),
                     _Handler(_method_has_rule, _method_rule)),
+    # Activation functions of several ops, one entry each: SiLU, GELU, GELUTanh, HardSwish, HardSigmoid,
+    # Mish, Softplus (tf_cnnvis.activation_functions.FUNCTIONS).
+    **{function: _Handler(_activation_input_moves, _activation_rule) for function in FUNCTIONS},
+    "IdentityN": _Handler(_first_output_passes, _pass_through),
     "MaxPool": _Handler(_windows_tile, _method_rule),
     "Conv2D": _Handler(_first_input_moves, _method_rule),
     "DepthwiseConv2dNative": _Handler(_first_input_moves, _depthwise_conv),

@@ -1,18 +1,31 @@
 """Which tensors of a frozen graph are "layers", and how users pick them.
 
-A selection is a letter or a list of letters (``'r'`` ReLU-family
+A selection is a letter or a list of letters (``'r'`` rectifier-like
 activations, ``'p'`` pooling, ``'c'`` convolutions), explicit names (a Keras
 layer name, a TF op name or a tensor name), or a mix of both, exactly as the
 original tf_cnnvis accepted them.
+
+``'r'`` takes the ReLU family by op type and the activation functions of
+several ops (SiLU, GELU, hard-swish, hard-sigmoid gates, Mish, softplus) by
+what their ops compute (:mod:`tf_cnnvis.activation_functions`), so a graph
+without Keras's names selects the same layers. Each layer is named after
+its Keras layer where it has one: the layer's own name where the tensor is
+the layer's output, else ``<keras layer>/<part>`` for a convolution (``conv``,
+``depthwise``, ``transposed``), pooling (``pool``) or activation (its
+function, lower case) inside it, such as the pre-activation convolution
+``block5_conv3/conv``; other tensors keep their op name. Op and tensor
+names keep working as explicit selections.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 
 import tensorflow as tf
 
+from tf_cnnvis.activation_functions import find_activations
 from tf_cnnvis.errors import LayerNotFoundError
 from tf_cnnvis.graph import as_tensor_name, depends_on_inputs, input_op_name, op_name
 from tf_cnnvis.load import FrozenModel
@@ -83,22 +96,77 @@ def negative_branch_relus(graph_def) -> set[str]:
 def layer_table(graph: tf.Graph, model: FrozenModel) -> list[LayerInfo]:
     """Every selectable layer of ``graph`` in graph order."""
     prelu_outputs, prelu_internal = prelu_nodes(model.graph_def)
-    keras_name_of = {tensor: name for name, tensor in model.keras_layers.items()}
+    activations = find_activations(model.graph_def)
+    internal = prelu_internal.union(*(activation.internal for activation in activations.values()))
+    names = _Names(model)
     reached = depends_on_inputs(graph, model.inputs)
     # Only the model's own ops: an imported graph also holds the backward
     # passes built on it, whose convolutions and rectifiers are no layers.
     own = {node.name for node in model.graph_def.node}
     table = []
     for op in graph.get_operations():
-        if op.name not in reached or op.name not in own or op.name in prelu_internal:
+        if op.name not in reached or op.name not in own or op.name in internal:
             continue
-        kind = "relu" if op.name in prelu_outputs else _KIND_OF_OP.get(op.type)
+        if op.name in prelu_outputs:
+            kind, op_type = "relu", "PReLU"
+        elif op.name in activations:
+            kind, op_type = "relu", activations[op.name].function
+        else:
+            kind, op_type = _KIND_OF_OP.get(op.type), op.type
         if kind is None:
             continue
         tensor = op.outputs[0]
-        table.append(_info(keras_name_of.get(tensor.name, op.name), kind,
-                           "PReLU" if op.name in prelu_outputs else op.type, tensor))
+        parts = activations[op.name].internal if op.name in activations else ()
+        table.append(_info(names.name(tensor.name, op_type, parts), kind, op_type, tensor))
     return table
+
+
+_PART_OF_OP = {"Conv2D": "conv", "DepthwiseConv2dNative": "depthwise", "Conv2DBackpropInput": "transposed",
+               **{op: "pool" for op in POOL_OPS}}
+
+
+class _Names:
+    """Readable names of a model's layers, derived from its Keras layers (see the module's docstring)."""
+
+    def __init__(self, model: FrozenModel):
+        self.keras = model.keras_layers
+        self.keras_name_of = {tensor: name for name, tensor in model.keras_layers.items()}
+        # The name scope of each Keras layer's call: the last component of
+        # its output op's name that is the layer's name (plus "_1"...).
+        self.scopes = {}
+        for name, tensor in model.keras_layers.items():
+            leaf = re.escape(name.rsplit("/", 1)[-1]) + r"(_\d+)*"
+            parts = op_name(tensor).split("/")[:-1]
+            for end in range(len(parts), 0, -1):
+                if re.fullmatch(leaf, parts[end - 1]):
+                    self.scopes.setdefault("/".join(parts[:end]), name)
+                    break
+        self.used: set[str] = set()
+
+    def _layer_of(self, op: str):
+        parts = op.split("/")[:-1]
+        for end in range(len(parts), 0, -1):
+            layer = self.scopes.get("/".join(parts[:end]))
+            if layer is not None:
+                return layer
+        return None
+
+    def name(self, tensor: str, op_type: str, parts=()) -> str:
+        """The row's name: ``tensor`` is the output of an op of ``op_type`` (``parts``: an activation's inner ops)."""
+        candidates = [self.keras_name_of[tensor]] if tensor in self.keras_name_of else []
+        # An activation whose Keras layer is one of its parts (MobileNetV3's hard-sigmoid,
+        # relu6(x + 3) * (1/6) around a ReLU layer) takes that layer's name.
+        candidates += [self.keras_name_of[f"{part}:0"] for part in sorted(parts) if f"{part}:0" in self.keras_name_of]
+        layer = self._layer_of(op_name(tensor))
+        if layer is not None:
+            scoped = f"{layer}/{_PART_OF_OP.get(op_type, op_type.lower())}"
+            if scoped not in self.keras:  # a nested Keras layer of that name is another tensor
+                candidates.append(scoped)
+        for candidate in candidates:
+            if candidate not in self.used:
+                self.used.add(candidate)
+                return candidate
+        return op_name(tensor)
 
 
 def _info(name: str, kind: str, op_type: str, tensor) -> LayerInfo:

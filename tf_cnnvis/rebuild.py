@@ -25,10 +25,9 @@ from tensorflow.core.framework import types_pb2
 from tf_cnnvis.backward import batched_gradient, channelwise_head, seeds_below_head
 from tf_cnnvis.errors import OptionError
 from tf_cnnvis.graph import IdentityMemo, depends_on_inputs, tensor_name, upstream_ops
-from tf_cnnvis.layers import negative_branch_relus
 from tf_cnnvis.load import FrozenModel
 from tf_cnnvis.options import METHODS, check_method
-from tf_cnnvis.rules import prepare_forward_parts, with_gradient_rules
+from tf_cnnvis.rules import prepare_forward_parts, rule_kinds, with_gradient_rules
 
 __all__ = ["METHODS", "TARGET_KINDS", "RebuiltGraph", "check_method", "clear_cache", "rebuild"]
 
@@ -292,9 +291,8 @@ class RebuiltGraph:
 
     def batched_gradient(self, top, seeds, image):
         """:func:`tf_cnnvis.backward.batched_gradient` with this graph's method (None: not batchable)."""
-        negative = self.cached(("negative branches",),
-                               lambda: frozenset(negative_branch_relus(self.model.graph_def)))
-        return batched_gradient(top, seeds, image, self.method, self.dependent_ops(image.name), negative)
+        kinds = self.cached(("rule kinds",), lambda: rule_kinds(self.model.graph_def))
+        return batched_gradient(top, seeds, image, self.method, self.dependent_ops(image.name), kinds)
 
     def _map_through_head(self, act, conv, image, index, gradient):
         """Whole-map reconstructions that start below the convolution ``conv``.

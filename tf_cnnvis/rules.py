@@ -33,6 +33,8 @@ import functools
 
 import tensorflow as tf
 
+from tf_cnnvis.activation_functions import FUNCTIONS, custom_gradient_nodes, find_activations
+from tf_cnnvis.graph import input_op_name
 from tf_cnnvis.layers import negative_branch_relus
 from tf_cnnvis.options import check_method
 
@@ -138,6 +140,56 @@ def _guided_negative_branch(op, grad):
 
 def _lrn_identity(op, grad):
     return grad
+
+
+# Activation functions of several ops (SiLU, GELU, hard-swish, ...; see
+# tf_cnnvis.activation_functions). The rule sits on the op that outputs the
+# activation and sends the gradient straight to the activation's input x,
+# which is input number INPUT_ATTR of that op; the ops inside the function
+# get none. For upstream gradient g and derivative f'(x):
+#   gradient   g * f'(x)
+#   deconvnet  relu(g)
+#   guided     relu(g) * max(f'(x), 0)
+# For ReLU (f' = [x > 0]) these are the three rules above. Gates
+# (hard-sigmoid) are no rectifiers: every method passes g * f'(x), as it
+# does at a Sigmoid.
+INPUT_ATTR = "_tf_cnnvis_input"
+
+
+def activation_input(op):
+    """The activation's input x of an op that carries an activation rule."""
+    try:
+        return op.inputs[op.get_attr(INPUT_ATTR)]
+    except ValueError:  # a one-op function (Softplus) without the attribute
+        return op.inputs[0]
+
+
+def activation_input_index(op) -> int:
+    try:
+        return op.get_attr(INPUT_ATTR)
+    except ValueError:
+        return 0
+
+
+def _slope_of(function):
+    return lambda op: function.slope(activation_input(op))
+
+
+def _positive_slope_of(function):
+    return lambda op: tf.nn.relu(function.slope(activation_input(op)))
+
+
+def _activation_rules(function) -> dict:
+    """The three methods' rules for one activation function (each returns the gradient at x)."""
+    def derivative(op, grad):
+        return grad * forward_part(op, _slope_of(function), key=(op.name, "slope"))
+
+    def guided(op, grad):
+        return tf.nn.relu(grad) * forward_part(op, _positive_slope_of(function), key=(op.name, "positive slope"))
+
+    if function.gate:
+        return {"gradient": derivative, "deconvnet": derivative, "guided": derivative}
+    return {"gradient": derivative, "deconvnet": _deconvnet_rectifier, "guided": guided}
 
 
 class Switches:
@@ -287,8 +339,44 @@ def sizes_of_batch(tensor, grad):
     return tf.concat([tf.shape(grad)[:1], tf.shape(tensor)[1:]], 0)
 
 
+def conv_groups(op) -> int:
+    """How many groups a Conv2D's input channels form (Keras ``Conv2D(groups=...)``); 1 if unknown."""
+    channels, kernel_in = op.inputs[0].shape[-1], op.inputs[1].shape[2]
+    if op.get_attr("data_format") != b"NHWC" or channels is None or kernel_in is None:
+        return 1
+    return channels // kernel_in
+
+
+def _grouped_conv_input_gradient(op, grad, groups: int):
+    """Backward of a grouped Conv2D: one depthwise op where each group reads one channel, else per group.
+
+    TensorFlow's CPU kernels have no ``Conv2DBackpropInput`` for groups
+    without oneDNN. A kernel ``(kh, kw, 1, G * m)`` (ConvNeXt's 7x7 depthwise
+    convolutions as Keras builds them) is the depthwise kernel ``(kh, kw, G,
+    m)`` with the same output channel order.
+    """
+    kernel = op.inputs[1]
+    attrs = {"strides": op.get_attr("strides"), "padding": op.get_attr("padding"),
+             "explicit_paddings": op.get_attr("explicit_paddings"), "data_format": op.get_attr("data_format")}
+    kh, kw, kernel_in, out = kernel.shape.as_list()
+    if kernel_in == 1 and list(op.get_attr("dilations")) == [1, 1, 1, 1]:
+        depthwise = tf.reshape(kernel, [kh, kw, groups, out // groups])
+        return tf.raw_ops.DepthwiseConv2dNativeBackpropInput(
+            input_sizes=sizes_of_batch(op.inputs[0], grad), filter=depthwise, out_backprop=grad, **attrs)
+    sizes = tf.concat([sizes_of_batch(op.inputs[0], grad)[:3], [kernel_in]], 0)
+    per_group = out // groups
+    parts = [tf.raw_ops.Conv2DBackpropInput(
+        input_sizes=sizes, filter=kernel[..., g * per_group:(g + 1) * per_group],
+        out_backprop=grad[..., g * per_group:(g + 1) * per_group], dilations=op.get_attr("dilations"), **attrs)
+        for g in range(groups)]
+    return tf.concat(parts, axis=3)
+
+
 def _conv_input_gradient(op, grad):
     """Conv2D backward to the image. Rebuilt graphs give weights no gradient."""
+    groups = conv_groups(op)
+    if groups > 1 and op.inputs[1].shape.is_fully_defined():
+        return _grouped_conv_input_gradient(op, grad, groups), None
     padding = transposed_padding(op)
     if padding is None:
         data = tf.raw_ops.Conv2DBackpropInput(
@@ -319,28 +407,101 @@ RULES = {
 }
 
 
+for _function in FUNCTIONS.values():
+    for _method, _rule in _activation_rules(_function).items():
+        RULES[_method][_function.name] = _rule
+
+
 def _registered_name(method: str, op_type: str) -> str:
     return f"TfCnnvis_{method}_{op_type}"
+
+
+def _to_activation_input(rule):
+    """``rule`` as a gradient function: its result goes to the activation's input, nothing elsewhere."""
+    def gradient(op, *grads):
+        result = [None] * len(op.inputs)
+        result[activation_input_index(op)] = rule(op, grads[0])
+        return result
+    return gradient
 
 
 for _method, _rules in RULES.items():
     for _op_type, _rule in _rules.items():
         try:
-            tf.RegisterGradient(_registered_name(_method, _op_type))(_rule)
+            tf.RegisterGradient(_registered_name(_method, _op_type))(
+                _to_activation_input(_rule) if _op_type in FUNCTIONS else _rule)
         except KeyError:  # already registered by an earlier import of this module
             pass
 
 
+_FORWARD_SUFFIX = "/tf_cnnvis_forward"
+
+
+def rule_kinds(graph_def) -> dict[str, str]:
+    """Node name -> the rule it gets where that is not its op type: an activation function
+    (``"SiLU"``...) or ``"PReLUNegative"``."""
+    kinds = {name: "PReLUNegative" for name in negative_branch_relus(graph_def)}
+    kinds.update((name, activation.function) for name, activation in find_activations(graph_def).items())
+    return kinds
+
+
 def with_gradient_rules(graph_def, method: str):
-    """A copy of ``graph_def`` whose rectifiers carry the method's rules."""
+    """A copy of ``graph_def`` whose rectifiers, activations, max-pools and convolutions carry the method's rules.
+
+    ``tf.custom_gradient`` functions lose their gradient (Python bound to
+    the graph they were traced in, which an imported copy cannot call):
+    their forward ops are differentiated as they are, unless they compute
+    a known activation function, which gets the method's rule. An
+    activation whose output op does not read x directly (GELU's last op
+    reads ``0.5 * x``) gets an ``IdentityN(output, x)`` under the output's
+    name, as ``tf.custom_gradient`` builds it, to carry the rule; the
+    forward values and every tensor name stay as they were.
+    """
     rules = RULES[check_method(method)]
     copy = tf.compat.v1.GraphDef()
-    copy.CopyFrom(graph_def)
-    if not rules:
-        return copy
-    negative = negative_branch_relus(graph_def)
-    for node in copy.node:
-        op_type = "PReLUNegative" if node.name in negative else node.op
+    copy.versions.CopyFrom(graph_def.versions)
+    copy.library.CopyFrom(graph_def.library)
+    custom = custom_gradient_nodes(graph_def)
+    activations = find_activations(graph_def)
+    kinds = rule_kinds(graph_def)
+    names = {node.name for node in graph_def.node}
+    for original in graph_def.node:
+        node = copy.node.add()
+        node.CopyFrom(original)
+        if node.name in custom:
+            del node.attr["_gradient_op_type"]  # IdentityN's own gradient: on to its first input
+        activation = activations.get(node.name)
+        if activation is not None:
+            index = _input_index(node, activation.input)
+            if index is None:  # the wrapper goes right after it: the graph's order stays the model's
+                node = _wrap(copy, node, activation.input, names)
+                index = 1
+            node.attr[INPUT_ATTR].i = index
+        op_type = kinds.get(node.name, node.op)
         if op_type in rules:
             node.attr["_gradient_op_type"].s = _registered_name(method, op_type).encode()
     return copy
+
+
+def _wrap(graph_def, node, x: str, names):
+    """Rename ``node`` and add ``IdentityN(node, x)`` under its name to ``graph_def``; return the IdentityN."""
+    forward = node.name + _FORWARD_SUFFIX
+    while forward in names:
+        forward += "_"
+    wrapper = graph_def.node.add(name=node.name, op="IdentityN", input=[forward, x])
+    node.name = forward
+    dtype = node.attr["T"].list.type[0] if node.op == "IdentityN" else node.attr["T"].type
+    wrapper.attr["T"].list.type.extend([dtype, dtype])
+    return wrapper
+
+
+def _input_index(node, tensor: str):
+    """The position of ``tensor`` (a NodeDef input) among ``node``'s inputs, or None."""
+    def port(name):
+        return name.partition(":")[2] or "0"
+
+    for index, name in enumerate(node.input):
+        if input_op_name(name) == input_op_name(tensor) and port(name) == port(tensor) \
+                and not name.startswith("^"):
+            return index
+    return None

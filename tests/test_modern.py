@@ -1,0 +1,361 @@
+"""Modern activations: SiLU, GELU, hard-swish, hard-sigmoid, Mish, softplus, custom gradients and gates.
+
+Each activation and method is checked against a hand computation of its
+rule on a one-layer net, whatever ops spell the function; ``method="gradient"``
+against ``tf.GradientTape`` on the user's own Keras model (EfficientNetB0
+included); ``'r'`` against the activations a model has, with and without
+Keras's names.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_cnnvis
+from tf_cnnvis.load import load_model
+
+from numerics import assert_reordered_close
+
+METHODS = ("gradient", "deconvnet", "guided")
+SQRT_HALF = math.sqrt(0.5)
+
+
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def _phi(x):
+    return np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+
+
+def _gelu_tanh_slope(x):
+    c = math.sqrt(2 / math.pi)
+    t = np.tanh(c * (x + 0.044715 * x**3))
+    return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x)
+
+
+def _mish_slope(x):
+    t = np.tanh(np.logaddexp(0, x))
+    return t + x * (1 - t * t) * _sigmoid(x)
+
+
+_ERF = np.vectorize(math.erf)
+
+# f'(x) in float64 NumPy, written from the definitions (DESIGN.md section 8), not from the library.
+SLOPES = {
+    "SiLU": lambda x: _sigmoid(x) * (1 + x * (1 - _sigmoid(x))),
+    "GELU": lambda x: 0.5 * (1 + _ERF(x * SQRT_HALF)) + x * _phi(x),
+    "GELUTanh": _gelu_tanh_slope,
+    "HardSwish": lambda x: np.where(x >= 3, 1.0, np.where(x > -3, (2 * x + 3) / 6, 0.0)),
+    "HardSigmoid": lambda x: np.where((x > -3) & (x < 3), 1 / 6, 0.0),
+    "Mish": _mish_slope,
+    "Softplus": _sigmoid,
+}
+
+# The same functions as TensorFlow, Keras and converted graphs spell them.
+SPELLINGS = {
+    "tf.nn.silu": ("SiLU", tf.nn.silu),
+    "x*sigmoid(x)": ("SiLU", lambda x: x * tf.sigmoid(x)),
+    "tf.nn.gelu": ("GELU", lambda x: tf.nn.gelu(x, approximate=False)),
+    "0.5x(1+erf(x/sqrt2))": ("GELU", lambda x: 0.5 * x * (1 + tf.math.erf(x / math.sqrt(2)))),
+    "tf.nn.gelu-tanh": ("GELUTanh", lambda x: tf.nn.gelu(x, approximate=True)),
+    "x*relu6(x+3)/6": ("HardSwish", lambda x: x * tf.nn.relu6(x + 3) / 6),
+    "x*(relu6(x+3)*(1/6))": ("HardSwish", lambda x: x * (tf.nn.relu6(x + 3) * (1 / 6))),
+    "relu6(x+3)/6": ("HardSigmoid", lambda x: tf.nn.relu6(x + 3) / 6),
+    "relu6(x+3)*(1/6)": ("HardSigmoid", lambda x: tf.nn.relu6(x + 3) * (1 / 6)),
+    "x*tanh(softplus(x))": ("Mish", lambda x: x * tf.tanh(tf.nn.softplus(x))),
+    "softplus": ("Softplus", tf.nn.softplus),
+}
+
+X_LINE = np.linspace(-4.5, 4.5, 19, dtype=np.float32).reshape(1, 1, 19, 1)
+WEIGHTS = (1.5, -2.0)  # upstream gradients of the two channels above the activation
+
+
+def one_layer_graph(activation):
+    """x -> activation (named 'act') -> 1x1 convolution to two channels with weights WEIGHTS ('top')."""
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, None, None, 1], name="x")
+        act = tf.identity(activation(x), name="act")
+        tf.nn.conv2d(act, tf.constant([[[list(WEIGHTS)]]]), 1, "VALID", name="top")
+    return graph
+
+
+def reconstruct(source, feed, layer, method, **options):
+    result = tf_cnnvis.deconv_visualization(source, feed, layers=[layer], method=method, path_outdir=None,
+                                            path_logdir=None, **options)
+    return next(iter(result.arrays.values()))[method]
+
+
+def expected_rule(function, method, x, g):
+    """The rule of DESIGN.md section 8 at input x for upstream gradient g (gates: the derivative)."""
+    slope = SLOPES[function](x.astype(np.float64))
+    if method == "gradient" or function == "HardSigmoid":
+        return g * slope
+    if method == "deconvnet":
+        return np.full_like(slope, max(g, 0.0))
+    return max(g, 0.0) * np.maximum(slope, 0)
+
+
+@pytest.mark.parametrize("spelling", sorted(SPELLINGS))
+def test_each_activation_and_method_matches_a_hand_computation(spelling):
+    function, build = SPELLINGS[spelling]
+    graph = one_layer_graph(build)
+    rows = [row for row in tf_cnnvis.list_layers(graph) if row.kind == "relu"]
+    assert [row.op_type for row in rows] == [function]
+    for method in METHODS:
+        result = reconstruct(graph, {"x": X_LINE}, "top", method)
+        for channel, g in enumerate(WEIGHTS):
+            expected = expected_rule(function, method, X_LINE.ravel(), g)
+            # A few float32 operations against float64: a few eps of the result's scale.
+            np.testing.assert_allclose(result[0, channel, 0, :, 0], expected, rtol=1e-5, atol=1e-6,
+                                       err_msg=f"{spelling} {method} channel {channel}")
+    # The rules differ where they should: deconvnet ignores x, guided drops negative slopes.
+    if function not in ("HardSigmoid", "Softplus"):
+        slope = SLOPES[function](X_LINE.ravel())
+        assert slope.min() < 0  # every smooth rectifier here dips below zero somewhere on the line
+
+
+def test_the_rules_reduce_to_the_relu_rules():
+    graph = one_layer_graph(tf.nn.relu)
+    x = X_LINE.ravel()
+    for method in METHODS:
+        result = reconstruct(graph, {"x": X_LINE}, "top", method)
+        for channel, g in enumerate(WEIGHTS):
+            relu_slope = (x > 0).astype(np.float64)
+            expected = {"gradient": g * relu_slope, "deconvnet": np.full_like(x, max(g, 0)),
+                        "guided": max(g, 0) * relu_slope}[method]
+            np.testing.assert_array_equal(result[0, channel, 0, :, 0], expected)
+
+
+def _custom_swish():
+    @tf.custom_gradient
+    def swish(x):
+        s = tf.sigmoid(x)
+
+        def grad(dy):
+            return dy * s * (1 + x * (1 - s))
+        return x * s, grad
+    return swish
+
+
+def _custom_tanh_gate():
+    """x * tanh(x): no function tf_cnnvis knows, with its true derivative as custom gradient."""
+    @tf.custom_gradient
+    def tanh_gate(x):
+        t = tf.tanh(x)
+
+        def grad(dy):
+            return dy * (t + x * (1 - t * t))
+        return x * t, grad
+    return tanh_gate
+
+
+def activation_zoo(seed=0):
+    """A small Keras model with one layer of each activation, a user's own custom-gradient
+    activations among them, each on its own branch of a shared convolution."""
+    import keras
+    from keras import layers as kl
+
+    keras.utils.set_random_seed(seed)
+
+    class Custom(kl.Layer):
+        def __init__(self, function, **kwargs):
+            super().__init__(**kwargs)
+            self.function = function
+
+        def call(self, x):
+            return self.function(x)
+
+    inputs = keras.Input((12, 12, 3), name="image")
+    base = kl.Conv2D(4, 3, padding="same", name="base")(inputs)
+    branches = {
+        "silu": kl.Activation("silu", name="silu")(base),
+        "gelu": kl.Activation("gelu", name="gelu")(base),
+        "gelu_tanh": kl.Activation(lambda t: keras.activations.gelu(t, approximate=True), name="gelu_tanh")(base),
+        "hard_swish": kl.Activation("hard_swish", name="hard_swish")(base),
+        "hard_sigmoid": kl.Activation("hard_sigmoid", name="hard_sigmoid")(base),
+        "mish": kl.Activation("mish", name="mish")(base),
+        "softplus": kl.Activation("softplus", name="softplus")(base),
+        "my_swish": Custom(_custom_swish(), name="my_swish")(base),
+        "my_tanh_gate": Custom(_custom_tanh_gate(), name="my_tanh_gate")(base),
+        "conv_silu": kl.Conv2D(4, 3, padding="same", activation="silu", name="conv_silu")(base),
+    }
+    merged = kl.Concatenate(name="merge")(list(branches.values()))
+    top = kl.Conv2D(6, 3, strides=2, padding="same", name="top")(merged)
+    return keras.Model(inputs, top), list(branches)
+
+
+OP_TYPES = {"silu": "SiLU", "gelu": "GELU", "gelu_tanh": "GELUTanh", "hard_swish": "HardSwish",
+            "hard_sigmoid": "HardSigmoid", "mish": "Mish", "softplus": "Softplus", "my_swish": "SiLU",
+            "conv_silu": "SiLU"}
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    return activation_zoo()
+
+
+def test_r_selects_each_activation_under_its_keras_name(zoo):
+    model, _ = zoo
+    rows = tf_cnnvis.list_layers(model)
+    assert {row.name: row.op_type for row in rows if row.kind == "relu"} == OP_TYPES
+    convs = {row.name for row in rows if row.kind == "conv"}
+    # The convolution below an activation has a name from its Keras layer, and its raw op name still works.
+    assert convs == {"base/conv", "conv_silu/conv", "top/conv"}
+    raw = next(row for row in rows if row.name == "conv_silu/conv").tensor.split(":")[0]
+    result = tf_cnnvis.activation_visualization(model, np.zeros((1, 12, 12, 3), np.float32), layers=[raw],
+                                                path_outdir=None, path_logdir=None)
+    assert list(result.arrays) == ["conv_silu/conv"]
+
+
+def tape_gradients(model, layer, x, channels):
+    """What tf_cnnvis's whole-map gradient is, from the Keras model itself: d sum(layer[..., c]) / dx."""
+    import keras
+
+    sub = keras.Model(model.inputs, model.get_layer(layer).output)
+    image = tf.constant(x)
+    out = []
+    for channel in channels:
+        with tf.GradientTape() as tape:
+            tape.watch(image)
+            objective = tf.reduce_sum(sub(image, training=False)[..., channel])
+        out.append(tape.gradient(objective, image).numpy()[0])
+    return np.stack(out)
+
+
+def test_gradient_method_equals_gradient_tape_for_each_activation(zoo):
+    """method='gradient' is the model's own gradient through every activation, custom gradients included
+    (the unrecognized one through its forward ops, which here give its custom gradient's values)."""
+    model, names = zoo
+    x = np.random.default_rng(0).normal(0, 2, (1, 12, 12, 3)).astype(np.float32)
+    result = tf_cnnvis.deconv_visualization(model, x, layers=names + ["top"], method="gradient", channels=[0, 3],
+                                            path_outdir=None, path_logdir=None)
+    for name in names + ["top"]:
+        expected = tape_gradients(model, name, x, [0, 3])
+        assert np.abs(expected).max() > 0
+        assert_reordered_close(result.arrays[name]["gradient"][0], expected, err_msg=name)
+
+
+def test_a_recognized_custom_gradient_gets_the_librarys_rule_and_an_unknown_one_its_forward_ops(zoo):
+    """The user's custom-gradient swish is SiLU: guided backprop drops its negative slopes. The
+    unknown x * tanh(x) is differentiated through its forward ops by every method: deconvnet and
+    guided equal the plain gradient there (no rectifier between the image and it)."""
+    model, _ = zoo
+    x = np.random.default_rng(1).normal(0, 2, (1, 12, 12, 3)).astype(np.float32)
+    result = tf_cnnvis.deconv_visualization(model, x, layers=["my_swish", "silu", "my_tanh_gate"],
+                                            method=list(METHODS), path_outdir=None, path_logdir=None)
+    for method in METHODS:
+        np.testing.assert_array_equal(result.arrays["my_swish"][method], result.arrays["silu"][method])
+    unknown = result.arrays["my_tanh_gate"]
+    assert_reordered_close(unknown["guided"], unknown["gradient"])
+    assert_reordered_close(unknown["deconvnet"], unknown["gradient"])
+    swish = result.arrays["silu"]
+    assert not np.allclose(swish["guided"], swish["gradient"])
+
+
+def squeeze_excite_graph(v):
+    """a = relu(x); s = sigmoid(v * mean(a)); y = a * s ('gated'); top = 1x1 conv of y with WEIGHTS."""
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, None, None, 1], name="x")
+        a = tf.nn.relu(x, name="a")
+        gate = tf.sigmoid(v * tf.reduce_mean(a, axis=[1, 2], keepdims=True), name="gate")
+        gated = tf.multiply(a, gate, name="gated")
+        tf.nn.conv2d(gated, tf.constant([[[list(WEIGHTS)]]]), 1, "VALID", name="top")
+    return graph
+
+
+@pytest.mark.parametrize("v", [-3.0, 0.7])
+def test_every_method_uses_the_product_rule_at_a_multiplicative_gate(v):
+    """At y = a * sigmoid(s) (squeeze-and-excitation) a's gradient is g * gate plus the gate branch's
+    g * a through the sigmoid's derivative; only the ReLU below gets the method's rule."""
+    x = X_LINE.ravel().astype(np.float64)
+    a = np.maximum(x, 0)
+    n = x.size
+    s = _sigmoid(v * a.mean())
+    for method in METHODS:
+        result = reconstruct(squeeze_excite_graph(v), {"x": X_LINE}, "top", method)
+        for channel, g in enumerate(WEIGHTS):
+            # d/da_i sum_j g a_j s = g s + g (sum_j a_j) s (1 - s) v / n
+            at_a = np.full(n, g * s + g * a.sum() * s * (1 - s) * v / n)
+            expected = {"gradient": at_a * (x > 0), "deconvnet": np.maximum(at_a, 0),
+                        "guided": np.maximum(at_a, 0) * (x > 0)}[method]
+            np.testing.assert_allclose(result[0, channel, 0, :, 0], expected, rtol=1e-5, atol=1e-6,
+                                       err_msg=f"{method} channel {channel} v={v}")
+
+
+# ---------------------------------------------------------------------- EfficientNetB0
+
+@pytest.fixture(scope="module")
+def efficientnet():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.applications.EfficientNetB0(weights=None, input_shape=(64, 64, 3))
+    return model, load_model(model)
+
+
+@pytest.mark.slow
+def test_efficientnet_gradient_equals_gradient_tape(efficientnet):
+    model, frozen = efficientnet
+    x = np.random.default_rng(0).uniform(0, 255, (1, 64, 64, 3)).astype(np.float32)
+    layers = ["block3a_expand_activation", "top_activation"]
+    result = tf_cnnvis.deconv_visualization(frozen, x, layers=layers, method="gradient", channels=[0, 5],
+                                            path_outdir=None, path_logdir=None)
+    for layer in layers:
+        expected = tape_gradients(model, layer, x, [0, 5])
+        assert np.abs(expected).max() > 0
+        assert_reordered_close(result.arrays[layer]["gradient"][0], expected, err_msg=layer)
+
+
+@pytest.mark.slow
+def test_efficientnet_as_a_frozen_pb_selects_the_same_activations(efficientnet, tmp_path):
+    """Without Keras's names the same 49 SiLU layers are found by what their ops compute."""
+    _, frozen = efficientnet
+    path = tmp_path / "efficientnet.pb"
+    path.write_bytes(frozen.graph_def.SerializeToString())
+    named = [row for row in tf_cnnvis.list_layers(frozen) if row.kind == "relu"]
+    unnamed = [row for row in tf_cnnvis.list_layers(str(path)) if row.kind == "relu"]
+    assert len(named) == 49 and {row.op_type for row in named} == {"SiLU"}
+    assert [(row.tensor, row.op_type) for row in unnamed] == [(row.tensor, row.op_type) for row in named]
+    assert named[-1].name == "top_activation"
+
+
+# ---------------------------------------------------------------------- grouped convolutions
+
+def grouped_graph(kernels, groups, stride, padding, split):
+    """x -> grouped conv (kernels[0]) -> relu -> grouped conv (kernels[1], 'top'); ``split``: the same
+    as one ordinary convolution per group and a concatenation."""
+    def conv(h, kernel, name=None):
+        if not split:
+            return tf.nn.conv2d(h, kernel, stride, padding, name=name)
+        parts = zip(tf.split(h, groups, axis=3), np.split(kernel, groups, axis=3))
+        return tf.concat([tf.nn.conv2d(part, k, stride, padding) for part, k in parts], axis=3, name=name)
+
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, None, None, 4], name="x")
+        conv(tf.nn.relu(conv(x, kernels[0])), kernels[1], name="top")
+    return graph
+
+
+@pytest.mark.parametrize("groups, multiplier, stride, padding", [
+    (4, 1, 1, "SAME"), (4, 2, 2, "VALID"), (2, 2, 1, "SAME"), (2, 1, 2, "SAME")])
+def test_grouped_convolution_rule_equals_one_convolution_per_group(groups, multiplier, stride, padding):
+    """Keras Conv2D(groups=...) (ConvNeXt's depthwise 7x7 among them) goes backward without
+    TensorFlow's grouped Conv2DBackpropInput, which its CPU kernels lack without oneDNN."""
+    rng = np.random.default_rng(groups * 10 + multiplier)
+    kernels = [rng.normal(size=(3, 3, 4 // groups, groups * multiplier)).astype(np.float32)]
+    kernels.append(rng.normal(size=(3, 3, groups * multiplier // groups, groups * 2)).astype(np.float32))
+    x = rng.normal(size=(1, 11, 11, 4)).astype(np.float32)
+    for method in METHODS:
+        for target in ("map", "unit"):
+            grouped = reconstruct(grouped_graph(kernels, groups, stride, padding, False), {"x": x}, "top", method,
+                                  target=target)
+            split = reconstruct(grouped_graph(kernels, groups, stride, padding, True), {"x": x}, "top", method,
+                                target=target)
+            assert np.abs(split).max() > 0
+            assert_reordered_close(grouped, split, err_msg=f"{method} {target}")
