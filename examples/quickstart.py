@@ -35,14 +35,15 @@ def main():
                                        path_logdir=args.logdir, path_outdir=args.outdir)
 
     # 2. Channels projected back to pixels: guided backprop of the whole map
-    #    (what the original tf_cnnvis drew) and deconvnet of the strongest unit.
+    #    (what the original tf_cnnvis drew) and deconvnet of the strongest unit,
+    #    drawn at its receptive field beside the photo's patch under it.
     channels = list(range(args.channels))
     tf_cnnvis.deconv_visualization(vgg, {vgg.inputs[0]: batch}, layers=layers, method="guided",
                                    channels=channels, path_logdir=args.logdir,
                                    path_outdir=args.outdir)
     tf_cnnvis.deconv_visualization(vgg, {vgg.inputs[0]: batch}, layers=layers, method="deconvnet",
                                    target="unit", channels=channels, path_logdir=args.logdir,
-                                   path_outdir=args.outdir)
+                                   path_outdir=args.outdir, deprocess=models.vgg16_deprocess)
 
     # 3. DeepDream: make what block4_conv3 sees in the photo stronger.
     deepdream_visualization(vgg, {vgg.inputs[0]: batch}, "block4_conv3", None,

@@ -192,7 +192,7 @@ def test_activations_from_files_equal_the_python_call(model_file, image_files, t
     code, out, _ = run_cli(["activations", model_file, *image_files, "--preprocess", "unit",
                             "--layers", "conv1,pool2", "--outdir", outdir, "--no-logdir"], capsys)
     assert code == 0
-    assert "8 PNG" not in out and "4 PNG file(s) for 2 layer(s)" in out
+    assert "8 PNG" not in out and "6 PNG file(s) for 2 layer(s)" in out  # 4 grids and the 2 inputs
     batch = np.stack([np.asarray(Image.open(path), np.float32) / 255 for path in image_files])
     expected = activation_visualization(model_file, batch, layers=["conv1", "pool2"],
                                         path_logdir=None, path_outdir=str(tmp_path / "py"))
@@ -378,7 +378,8 @@ def test_report_links_every_picture_and_no_link_is_broken(model_file, image_file
                 assert fragment in _parse(path).ids, f"{page}: missing anchor {link}"
             referenced.add(path)
     pictures = {path.resolve() for path in outdir.rglob("*.png")}
-    assert len(pictures) == 2 * 2 * (1 + 6) + 2 * 2 * (1 + 8)  # layers|methods x images x (grid + channels)
+    assert len(pictures) == 2 * 2 * (1 + 6) + 2 * 2 * (1 + 8) + 2  # layers|methods x images x (grid +
+    # channels), and the 2 input images
     assert pictures <= referenced  # every layer, method, image and channel is linked
     index = open(outdir / "index.html", encoding="utf-8").read()
     for anchor in ("conv2/index.html#deconvolution-guided-image_001", "pool1/index.html#activations"):

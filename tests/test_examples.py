@@ -40,9 +40,12 @@ def test_quickstart_writes_every_method_into_output_and_log(tmp_path):
     assert f"tensorboard --logdir {log}" in out
     for layer in ("block1_conv2", "block3_conv3", "block5_conv3"):
         assert picture(output / layer / "activations" / "grid_activation.png").ndim == 2
-        for method in ("guided", "deconvnet_unit"):
-            grid = picture(output / layer / "deconvolution" / method / "grid_image.png")
-            assert grid.shape == (48, 97, 3)  # two reconstructions of the 48 px image
+        grid = picture(output / layer / "deconvolution" / "guided" / "grid_image.png")
+        assert grid.shape == (48, 97, 3)  # two reconstructions of the 48 px image
+        # two units, each at its receptive field (at least 64 px) beside the photo's patch
+        grid = picture(output / layer / "deconvolution" / "deconvnet_unit" / "grid_image.png")
+        side = grid.shape[0]
+        assert side >= 64 and grid.shape == (side, 2 * (2 * side + 2) + 1, 3)
     dream = picture(output / "block4_conv3" / "deepdream" / "amplified.png")
     original = np.asarray(Image.open(os.path.join(REPO, "tf_cnnvis", "data", "astronaut.jpg"))
                           .resize((48, 48), Image.BILINEAR), np.float32)

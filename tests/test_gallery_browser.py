@@ -122,6 +122,43 @@ def test_every_image_loads_and_every_link_works(gallery):
         assert width == 3 * 20 + 2  # 8 reconstructions of 20 px in a 3x3 grid
 
 
+CELLS = """
+return Array.from(document.querySelectorAll('a.cell')).map(a => [a.dataset.label, a.title, a.textContent,
+                                                                a.getAttribute('href')]);
+"""
+
+
+def test_cells_are_labelled_with_their_channel_and_open_at_full_size(gallery):
+    outdir, _ = gallery
+    with headless_chromium() as driver:
+        driver.get("file://" + str(outdir / "conv2" / "index.html"))
+        cells = driver.execute_script(CELLS)
+        inputs = driver.execute_script("return Array.from(document.querySelectorAll('#inputs img')).length;")
+        assert inputs == 2  # the input images come first
+        per_grid = 8  # conv2's 8 channels, in every grid of the page
+        assert len(cells) == 4 * per_grid  # 2 methods x 2 images
+        for index, (label, title, text, href) in enumerate(cells):
+            assert label == text == str(index % per_grid) and title == f"channel {label}"
+            assert href.endswith(f"channels/channel_{int(label):04d}.png")  # the saved channel itself
+        driver.get("file://" + str(outdir / "conv2" / href))
+        assert driver.execute_script("return document.images[0].naturalWidth;") == 20
+
+        # Without per-channel files (the unit grid), a click shows the cell enlarged from the grid.
+        driver.get("file://" + str(outdir / "conv3" / "index.html"))
+        cells = driver.execute_script(CELLS)
+        zoomed = [index for index, cell in enumerate(cells) if cell[3].startswith("#zoom-")]
+        assert len(zoomed) == 10  # conv3's 10 units
+        index = zoomed[3]
+        label, _, _, href = cells[index]
+        assert label == "3"
+        zoom = driver.find_element("id", href[1:])
+        assert not zoom.is_displayed()
+        driver.find_elements("css selector", "a.cell")[index].click()
+        assert zoom.is_displayed() and "channel 3" in zoom.text
+        width = driver.execute_script("return arguments[0].querySelector('.pixels').offsetWidth;", zoom)
+        assert width >= 256
+
+
 def test_a_missing_picture_is_caught(gallery, tmp_path):
     """The check itself can fail: remove one PNG and the browser reports it."""
     outdir, _ = gallery
@@ -132,4 +169,5 @@ def test_a_missing_picture_is_caught(gallery, tmp_path):
     with headless_chromium() as driver:
         _, broken, bad_links, _ = crawl(driver, copy / "index.html")
     assert [source for _, source in broken] == ["activations/image_000/channels/channel_0003.png"]
-    assert [urllib.parse.unquote(link).endswith("channel_0003.png") for _, link in bad_links] == [True]
+    # the channel's picture and its cell in the grid both link to it
+    assert [urllib.parse.unquote(link).endswith("channel_0003.png") for _, link in bad_links] == [True, True]

@@ -81,10 +81,12 @@ def test_hostile_op_names_stay_inside_and_never_collide(tmp_path):
     names = [layer.name for layer in acts.layers]
     assert sorted(names) == sorted(HOSTILE_OPS)
 
-    written = acts.paths + recon.paths
+    inputs = {str(out / "input_000.png")}  # the input image, at the top, written by each call
+    assert acts.paths[-1] == recon.paths[-1] == str(out / "input_000.png")
+    written = acts.paths[:-1] + recon.paths[:-1]
     on_disk = files_under(tmp_path)
     events = {path for path in on_disk if "tfevents" in os.path.basename(path)}
-    assert on_disk - events == set(written)  # nothing else anywhere under tmp_path
+    assert on_disk - events == set(written) | inputs  # nothing else anywhere under tmp_path
     assert len(set(written)) == len(written)  # no file written twice
     assert_contained(written, out)
     assert_contained(events, log)
@@ -131,7 +133,7 @@ def test_hostile_keras_layer_names(tmp_path):
     assert [layer.name for layer in result.layers] == names
     assert files_under(tmp_path) == set(result.paths)
     assert_contained(result.paths, out)
-    folders = {os.path.relpath(path, out).split(os.sep)[0] for path in result.paths}
+    folders = {os.path.relpath(path, out).split(os.sep)[0] for path in result.paths[:-1]}  # not the input
     assert len({folder.lower() for folder in folders}) == len(names)
     mapping = safe_names([layer.name for layer in tf_cnnvis.list_layers(model)])
     for index, name in enumerate(names):  # each folder holds its own layer's picture
@@ -162,7 +164,7 @@ def test_deepdream_names_a_layers_folder_as_the_other_entry_functions(tmp_path):
                                         octaves=1, **options)
         folder = os.path.relpath(activations.paths[0], out).split(os.sep)[0]
         assert {os.path.relpath(path, out).split(os.sep)[0] for path in dream.paths} == {folder}
-    assert len(os.listdir(out)) == 2  # one folder per layer, shared by both kinds of picture
+    assert len([entry for entry in os.scandir(out) if entry.is_dir()]) == 2  # one per layer, shared
 
 
 def test_hostile_class_labels_in_deepdream(tmp_path):

@@ -214,7 +214,7 @@ def test_two_processes_writing_the_same_folders(tmp_path):
     assert leftovers == []
     # 2 images x (relu1 5 + pool1 5 + relu2 7 + pool2 7 channels + 4 grids) activations,
     # 2 images x 2 methods x (relu1 5 + relu2 7 channels + 2 grids) reconstructions.
-    assert len(pngs) == 2 * (24 + 4) + 2 * 2 * (12 + 2)
+    assert len(pngs) == 2 * (24 + 4) + 2 * 2 * (12 + 2) + 2  # and the 2 input images
     for path in pngs:
         assert_complete_png(path)
     assert len([name for name in os.listdir(log) if "tfevents" in name]) == 2  # one file per process

@@ -31,11 +31,14 @@ logger = logging.getLogger("tf_cnnvis")
 ACTIVATION_LAYERS = ("block1_conv2", "block2_conv2", "block3_conv3", "block4_conv3", "block5_conv3")
 DECONV_LAYERS = ("block2_conv2", "block3_conv3", "block5_conv3")
 DREAM_LAYER = "block4_conv3"
-# (method, target) pairs. A deconvnet's whole-map reconstruction hardly
-# depends on the channel (its backward pass ignores the forward ReLUs), so it
-# is shown for the strongest unit, as in the paper; guided backprop keeps
-# the forward ReLU state and is informative for the whole map.
-METHODS = ("deconvnet:unit", "guided:map")
+# method:target pairs, each optionally @layer (else every deconv layer). A
+# deconvnet's whole-map reconstruction hardly depends on the channel (its
+# backward pass ignores the forward ReLUs), so it is shown for the strongest
+# unit at its receptive field, as in the paper, at every depth. Guided
+# backprop keeps the forward ReLU state, but at deep layers it reconstructs
+# the image's edges whatever the channel (Nie et al. 2018; Adebayo et al.
+# 2018), so its whole maps are shown where they differ: at a shallow layer.
+METHODS = ("deconvnet:unit", "guided:map@block2_conv2")
 DEMO_SIZE = (224, 224)
 
 
@@ -100,7 +103,8 @@ def run_demo(outdir="./Output", logdir="./Log", images=("astronaut",), size=None
 
     say(f"activations of {len(layers)} layers")
     activations = activation_visualization(vgg, batch, layers=list(layers), path_logdir=logdir,
-                                           path_outdir=outdir, progress=progress)
+                                           path_outdir=outdir, progress=progress,
+                                           deprocess=models.vgg16_deprocess)
     result.results.append(activations)
 
     for layer in deconv_layers:
@@ -109,11 +113,13 @@ def run_demo(outdir="./Output", logdir="./Log", images=("astronaut",), size=None
             values = activation_visualization(vgg, batch, layers=[layer], path_logdir=None,
                                               path_outdir=None).arrays[layer]
         strongest = strongest_channels(values, channels)
-        for method, target in map(_method_target, methods):
+        for method, target, only in map(_method_target, methods):
+            if only is not None and only != layer:
+                continue
             say(f"{method} reconstructions ({target}) of {layer}, channels {strongest}")
             result.results.append(deconv_visualization(
                 vgg, batch, layers=[layer], path_logdir=logdir, path_outdir=outdir, method=method,
-                target=target, channels=strongest, progress=progress))
+                target=target, channels=strongest, progress=progress, deprocess=models.vgg16_deprocess))
 
     if deepdream:
         from tf_cnnvis.deepdream import deepdream_visualization
@@ -149,15 +155,17 @@ def strongest_channels(values, count: int) -> list[int]:
     return [int(channel) for channel in order[:max(1, int(count))]]
 
 
-def _method_target(text: str) -> tuple[str, str]:
+def _method_target(text: str) -> tuple[str, str, str | None]:
+    """``"guided:map@block2_conv2"`` -> (method, target, the one layer or None for all)."""
     from tf_cnnvis.errors import OptionError
 
+    text, _, layer = text.partition("@")
     method, _, target = text.partition(":")
     target = target or "map"
     if target not in ("map", "unit"):
         raise OptionError(f"{text!r}: target {target!r} is not 'map' or 'unit'; give e.g. "
-                          "deconvnet:unit or guided:map")
-    return method, target
+                          "deconvnet:unit or guided:map@block2_conv2")
+    return method, target, layer or None
 
 
 def _emotion_classes(result: DemoResult, outdir, logdir, iterations, say, progress):
@@ -201,8 +209,8 @@ def add_arguments(parser):
     parser.add_argument("--deconv-layers", type=arguments.names, default=list(DECONV_LAYERS), metavar="NAMES",
                         help=f"VGG16 layers to reconstruct (default {','.join(DECONV_LAYERS)})")
     parser.add_argument("--methods", type=arguments.names, default=list(METHODS), metavar="M:T,...",
-                        help="reconstruction method:target pairs, target map or unit (default "
-                             f"{','.join(METHODS)})")
+                        help="reconstruction method:target pairs, target map or unit, each for every "
+                             f"deconv layer or @one of them (default {','.join(METHODS)})")
     parser.add_argument("--dream-iterations", type=int, default=10,
                         help="DeepDream steps per octave on VGG16 (default 10)")
     parser.add_argument("--dream-octaves", type=int, default=3, help="DeepDream octaves (default 3)")

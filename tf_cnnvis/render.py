@@ -20,8 +20,8 @@ import numpy as np
 from tf_cnnvis.layers import LayerInfo
 from tf_cnnvis.options import check_integer, check_scaling
 from tf_cnnvis.write import (AtomicFile, GridPng, PngStream, ShrunkPng, SummaryWriter, encode_png,
-                             ensure_folder, grid_layout, grid_shape, inside, safe_names, summary_factor,
-                             write_atomic)
+                             ensure_folder, grid_layout, grid_shape, grid_text, inside, safe_names,
+                             summary_factor, write_atomic)
 
 
 @dataclasses.dataclass
@@ -295,7 +295,7 @@ class ReconstructionGrids:
         try:
             for image in range(count if writer.enabled else 0):
                 self.grids.append(writer.grid(layer, parts + image_parts(image, count), "grid_image.png",
-                                              len(numbers), cell, image_tag(layer, what, image, count)))
+                                              [int(n) for n in numbers], cell, image_tag(layer, what, image, count)))
         except BaseException:
             self.discard()
             raise
@@ -410,6 +410,10 @@ def with_colour_bar(picture: np.ndarray, table: np.ndarray = VIRIDIS) -> np.ndar
 
 # --------------------------------------------------------------------------- the writer
 
+# The input images, at the top of the output folder, where the gallery shows them first.
+INPUT_FILE = "input_{:03d}.png"
+
+
 class Writer:
     """Writes one call's pictures to ``path_outdir`` and ``path_logdir``."""
 
@@ -429,11 +433,15 @@ class Writer:
         self._pending: dict[str, tuple] = {}
 
     def image(self, layer: LayerInfo, parts: tuple[str, ...], filename: str, picture: np.ndarray,
-              tag: str | None, description: str = ""):
-        """Encode ``picture`` once; write it to disk and queue it for TensorBoard (with ``description``)."""
+              tag: str | None, description: str = "", text: dict[str, str] | None = None):
+        """Encode ``picture`` once; write it to disk and queue it for TensorBoard (with ``description``).
+
+        ``text``: PNG text chunks, e.g. :func:`grid_text` for a grid.
+        """
         shape = picture.shape[:2] + (1 if picture.ndim == 2 else picture.shape[-1],)
         factor = summary_factor(shape)
-        self.png(layer, parts, filename, encode_png(picture), shape, tag if factor == 1 else None, description)
+        self.png(layer, parts, filename, encode_png(picture, text), shape, tag if factor == 1 else None,
+                 description)
         if factor > 1 and tag is not None and self.summary is not None:
             shrunk = ShrunkPng(*shape, factor)
             shrunk.write(picture)
@@ -448,6 +456,14 @@ class Writer:
         if tag is not None:
             self.queue(tag, png, shape, description)
 
+    def inputs(self, images: np.ndarray, deprocess=None):
+        """Write the input images as a person sees them (see :func:`display_image`) as INPUT_FILE."""
+        if self.outdir is None:
+            return
+        for index, image in enumerate(images):
+            self.result.paths.append(write_atomic(inside(self.outdir, INPUT_FILE.format(index)),
+                                                  encode_png(display_image(image, deprocess))))
+
     def path(self, layer: LayerInfo, parts: tuple[str, ...], filename: str) -> str:
         return inside(self.outdir, self.folders[layer.name], *parts, filename)
 
@@ -455,10 +471,11 @@ class Writer:
         if self.summary is not None:
             self._pending[tag] = (png, *shape, description)
 
-    def grid(self, layer: LayerInfo, parts: tuple[str, ...], filename: str, count: int, cell_shape,
+    def grid(self, layer: LayerInfo, parts: tuple[str, ...], filename: str, labels, cell_shape,
              tag: str) -> GridOutput:
-        """A grid of ``count`` cells, written as its cells arrive (see :class:`GridOutput`)."""
-        return GridOutput(self, layer, parts, filename, count, cell_shape, tag)
+        """A grid of one cell per label, written as its cells arrive (see :class:`GridOutput`)."""
+        return GridOutput(self, layer, parts, filename, len(labels), cell_shape, tag,
+                          grid_text(labels, cell_shape))
 
     def reduction_note(self, shape, factor: int, layer: LayerInfo, parts, filename) -> str:
         """The TensorBoard description of a picture of ``shape`` shown ``factor`` times smaller."""
@@ -483,18 +500,18 @@ class GridOutput:
     """
 
     def __init__(self, writer: Writer, layer: LayerInfo, parts, filename: str, count: int, cell_shape,
-                 tag: str):
+                 tag: str, text: dict[str, str] | None = None):
         self.writer, self.layer, self.parts, self.filename, self.tag = writer, layer, parts, filename, tag
         self.shape = grid_shape(count, cell_shape)
         self.factor = summary_factor(self.shape)
         self.file = None
         outputs = []
         if self.factor == 1:
-            outputs.append(PngStream(*self.shape, strategy=zlib.Z_RLE))
+            outputs.append(PngStream(*self.shape, strategy=zlib.Z_RLE, text=text))
         else:
             if writer.outdir is not None:
                 self.file = AtomicFile(writer.path(layer, parts, filename))
-                outputs.append(PngStream(*self.shape, out=self.file, strategy=zlib.Z_RLE))
+                outputs.append(PngStream(*self.shape, out=self.file, strategy=zlib.Z_RLE, text=text))
             if writer.summary is not None:
                 outputs.append(ShrunkPng(*self.shape, self.factor))
         self.outputs = outputs

@@ -23,7 +23,7 @@ from tf_cnnvis.progress import progress_bar
 from tf_cnnvis.rebuild import rebuild
 from tf_cnnvis.receptive_field import receptive_field
 from tf_cnnvis.render import (FieldView, ReconstructionGrids, VisualizationResult, Writer, display_image,
-                              feature_grid, image_normalization, image_parts, image_tag)
+                              feature_grid, grid_text, image_normalization, image_parts, image_tag)
 
 logger = logging.getLogger("tf_cnnvis")
 
@@ -37,7 +37,7 @@ def list_layers(graph_or_path=None, *, sess_graph_path=None, trust_model_code=Fa
 def activation_visualization(graph_or_path=None, value_feed_dict=None, input_tensor=None, layers="r",
                              path_logdir="./Log", path_outdir="./Output", *, sess_graph_path=None,
                              step=0, save_channels=False, progress=False,
-                             trust_model_code=False) -> VisualizationResult:
+                             trust_model_code=False, deprocess=None) -> VisualizationResult:
     """Grids of every selected layer's feature maps, on disk and in TensorBoard.
 
     Args:
@@ -55,6 +55,10 @@ def activation_visualization(graph_or_path=None, value_feed_dict=None, input_ten
             a terminal; a callable receives the number of layers finished.
         trust_model_code: allow a model file that holds code (a Keras
             ``Lambda``, file or Python ops); refused by default.
+        deprocess: maps model inputs ``(N, H, W, C)`` back to RGB in
+            [0, 255] for the copies of the input images written as
+            ``input_NNN.png`` (the gallery shows them first); without it
+            each image's range is stretched.
     """
     check_layer_selection(layers)
     model = load_model(check_model_source(graph_or_path, sess_graph_path), trust_model_code=trust_model_code)
@@ -72,14 +76,16 @@ def activation_visualization(graph_or_path=None, value_feed_dict=None, input_ten
         result.arrays[layer.name] = layer_values
         for index in range(count) if writer.enabled else ():
             parts = ("activations",) + image_parts(index, count)
+            text = grid_text(range(layer_values.shape[-1]), layer_values.shape[1:3]) if layer_values.ndim == 4 else None
             writer.image(layer, parts, "grid_activation.png", feature_grid(layer_values[index]),
-                         image_tag(layer, "activations", index, count))
+                         image_tag(layer, "activations", index, count), text=text)
             if save_channels and layer_values.ndim == 4:
                 for channel in range(layer_values.shape[-1]):
                     writer.image(layer, parts + ("channels",), f"channel_{channel:04d}.png",
                                  image_normalization(layer_values[index, ..., channel]), None)
         logger.info("activations of %s: %s", layer.name, layer_values.shape)
         bar.update(1)
+    writer.inputs(feed.images, deprocess)
     writer.flush()
     bar.close()
     return result
@@ -120,8 +126,9 @@ def deconv_visualization(graph_or_path=None, value_feed_dict=None, input_tensor=
             it on the whole image. Units whose field is the whole image (after
             a global pooling or a squeeze-and-excitation gate) are drawn whole.
         deprocess: maps model inputs ``(N, H, W, C)`` back to RGB in
-            [0, 255] for the input patches (e.g. undoing a mean
-            subtraction); without it each image's range is stretched.
+            [0, 255] for the input patches and ``input_NNN.png`` (e.g.
+            undoing a mean subtraction); without it each image's range is
+            stretched.
     """
     methods = check_methods(method)
     check_scaling(scaling)
@@ -180,6 +187,7 @@ def deconv_visualization(graph_or_path=None, value_feed_dict=None, input_tensor=
                 result.arrays[layer.name][name] = render.arrays
             logger.info("%s reconstructions of %s: %d images x %d channels", name, layer.name, count,
                         len(numbers))
+    writer.inputs(feed.images, deprocess)
     bar.close()
     return result
 

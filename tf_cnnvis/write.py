@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import hashlib
 import itertools
+import json
 import math
 import os
 import re
@@ -107,7 +108,8 @@ class PngStream:
     their repeated patterns, come out 30% larger with it.
     """
 
-    def __init__(self, height: int, width: int, channels: int, out=None, strategy: int = zlib.Z_DEFAULT_STRATEGY):
+    def __init__(self, height: int, width: int, channels: int, out=None, strategy: int = zlib.Z_DEFAULT_STRATEGY,
+                 text: dict[str, str] | None = None):
         if channels not in _PNG_COLOR_TYPES or height < 1 or width < 1:
             raise ValueError(f"a PNG needs height, width >= 1 and 1, 3 or 4 channels; got "
                              f"{(height, width, channels)}")
@@ -118,6 +120,8 @@ class PngStream:
         self._out = out
         self._pieces = [_PNG_SIGNATURE, *_png_chunk(b"IHDR", struct.pack(
             ">IIBBBBB", width, height, 8, _PNG_COLOR_TYPES[channels], 0, 0, 0))]
+        for key, value in (text or {}).items():  # before the pixels, so readers find it without decoding them
+            self._pieces += _png_chunk(b"tEXt", key.encode("latin-1"), b"\0", value.encode("latin-1"))
         self._data = []
         self._data_size = 0
 
@@ -173,13 +177,13 @@ _PNG_BAND_ROWS = 256  # rows filtered at a time: bounds the filtered copy
 _IDAT_BYTES = 1 << 20  # compressed bytes gathered per IDAT chunk when writing to a file
 
 
-def encode_png(image: np.ndarray) -> bytes:
-    """PNG bytes of a uint8 (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array."""
+def encode_png(image: np.ndarray, text: dict[str, str] | None = None) -> bytes:
+    """PNG bytes of a uint8 (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array (``text``: tEXt chunks)."""
     image = np.asarray(image, np.uint8)
     channels = image.shape[-1] if image.ndim == 3 else 1
     if image.ndim not in (2, 3) or channels not in _PNG_COLOR_TYPES or 0 in image.shape:
         raise ValueError(f"encode_png takes a non-empty (H, W) or (H, W, 1|3|4) array; got shape {image.shape}")
-    stream = PngStream(image.shape[0], image.shape[1], channels)
+    stream = PngStream(image.shape[0], image.shape[1], channels, text=text)
     stream.write(image)
     return stream.finish()
 
@@ -279,6 +283,25 @@ class GridPng:
         if self.count == 0:  # like convert_into_grid: one empty cell
             self._write_band(0)
         return [output.finish() for output in self.outputs]
+
+
+# The PNG text chunk that tells a reader (the HTML gallery) what each cell of a grid is.
+GRID_TEXT_KEY = "tf_cnnvis:grid"
+
+def grid_text(labels, cell_shape, padding: int = 1) -> dict[str, str]:
+    """The text chunk of a grid of ``cell_shape`` cells labelled ``labels``, in grid order."""
+    labels = [str(label) for label in labels]
+    return {GRID_TEXT_KEY: json.dumps({"columns": grid_layout(len(labels))[0], "cell": list(cell_shape[:2]),
+                                       "padding": padding, "labels": labels})}
+
+
+def read_grid_text(info: dict) -> dict | None:
+    """The grid layout written by :func:`grid_text`, from a PNG's text chunks; None without one."""
+    try:
+        layout = json.loads(info[GRID_TEXT_KEY])
+        return layout if isinstance(layout.get("labels"), list) else None
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
 
 
 # TensorBoard receives pictures of at most this many pixels on a side; a

@@ -26,7 +26,7 @@ from tf_cnnvis.layers import LayerInfo, layer_table, select_layers
 from tf_cnnvis.load import load_model
 from tf_cnnvis.options import DEFAULT_MEMORY_BUDGET_MB, check_model_source, is_integer
 from tf_cnnvis.rebuild import rebuild
-from tf_cnnvis.render import VisualizationResult, Writer, convert_into_grid
+from tf_cnnvis.render import VisualizationResult, Writer, convert_into_grid, grid_text
 from tf_cnnvis.write import safe_names
 
 logger = logging.getLogger("tf_cnnvis")
@@ -152,7 +152,7 @@ def deepdream_visualization(graph_or_path=None, value_feed_dict=None, layer=None
         writer.image(info, ("deepdream",), f"{files[name]}.png", picture,
                      f"{info.name}/deepdream/{files[name]}")
     writer.image(info, ("deepdream",), "grid_deepdream.png", convert_into_grid(pictures),
-                 f"{info.name}/deepdream")
+                 f"{info.name}/deepdream", text=grid_text(names, pictures[0].shape))
     writer.flush()
     return result
 
