@@ -121,8 +121,13 @@ def _dataset_of(source, rank: int, dtype, batch_size: int, input_name: str, mode
                             f"{input_name!r} takes images of rank {rank - 1} (or batches of rank {rank})")
         if limit is not None:
             images = images.take(limit)
-        indexed = images.enumerate().map(lambda i, x: (i, tf.cast(x, dtype)))
-        return indexed.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+        def numbered(first, batch):  # per batch, not per image: the dataset indices and the cast
+            size = tf.shape(batch, out_type=tf.int64)[0]
+            return first + size, (first + tf.range(size, dtype=tf.int64), tf.cast(batch, dtype))
+
+        indexed = images.batch(batch_size).scan(tf.constant(0, tf.int64), numbered)
+        return indexed.prefetch(tf.data.AUTOTUNE)
     if isinstance(source, np.ndarray) or hasattr(source, "__array_interface__"):
         array = np.asarray(source)
         if array.ndim == rank - 1:
