@@ -1367,6 +1367,7 @@ class Worker:
         seconds = time.monotonic() - began
         code = self.process.poll()
         if code is None and seconds >= self.timeout:
+            self.process.kill()  # busy inside a library: closing its input would not stop it
             self.stop()
             return {"index": request["index"], "outcome": "hang", "seconds": seconds,
                     "message": f"no answer within {self.timeout:.0f} s"}

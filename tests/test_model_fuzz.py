@@ -82,12 +82,37 @@ def _h5_edit(change):
     return edit
 
 
+def _keras_weights_edit(change):
+    """Apply ``change(h5)`` to the weights file inside a .keras archive."""
+    def edit(data):
+        import io
+        import zipfile
+
+        out = io.BytesIO()
+        with zipfile.ZipFile(io.BytesIO(data)) as archive, zipfile.ZipFile(out, "w") as rewritten:
+            for info in archive.infolist():
+                content = archive.read(info)
+                if info.filename.endswith(".h5"):
+                    content = _h5_edit(change)(content)
+                rewritten.writestr(info, content)
+        return out.getvalue()
+    return edit
+
+
+def _gigabyte_dataset(h5):
+    names = []
+    h5.visititems(lambda name, item: names.append(name) if hasattr(item, "shape") else None)
+    del h5[names[0]]
+    h5.create_dataset(names[0], shape=(2**28,), dtype="f4")  # 1 GiB declared, nothing stored
+
+
 def _broken_config(h5):
     h5.attrs["model_config"] = '{"class_name": "Functional", "config": {"layers": ['
 
 
 # Each: (label, builder(seeds, index), expected outcome, words the message must hold). Before
-# the fixes these crashed (SIGSEGV), hung, or raised UnimplementedError or JSONDecodeError.
+# the fixes these crashed (SIGSEGV), hung, took 20-30 s, or raised UnimplementedError,
+# JSONDecodeError or ValueError.
 REGRESSIONS = [
     ("input port 2**31 (crashed TensorFlow's importer)",
      lambda seeds, i: _graph_def_case(seeds, i, "pool1 reads relu1:2147483648",
@@ -103,6 +128,14 @@ REGRESSIONS = [
      lambda seeds, i: _graph_def_case(seeds, i, "pool1 strides [2, 2, 2, 1]",
                                       lambda g: _node(g, "pool1").attr["strides"].list.i.__setitem__(0, 2)),
      "error:ModelLoadError", ["cannot run", "batch dimension"]),
+    (".keras weights declaring 1 GiB without data (read whole by Keras: 20-30 s)",
+     lambda seeds, i: _h5_case(seeds, "keras", i, "a dataset declares 2**28 floats",
+                               _keras_weights_edit(_gigabyte_dataset)),
+     "error:ModelLoadError", ["(model.weights.h5) declares dataset", "(268435456,)"]),
+    ("constant whose value is a string in a float Const (ValueError when reading the weights)",
+     lambda seeds, i: _graph_def_case(seeds, i, "w3's value has dtype string",
+                                      lambda g: setattr(_node(g, "w3").attr["value"].tensor, "dtype", 7)),
+     "error:ModelLoadError", ["'w3' declares dtype float32 but its value 'value' is string"]),
     ("Keras 2 .h5 config that is not JSON (JSONDecodeError)",
      lambda seeds, i: _h5_case(seeds, "h5_keras2", i, "model_config cut short", _h5_edit(_broken_config)),
      "error:ModelLoadError", ["not JSON"]),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import logging
 import os
 import re
@@ -213,7 +214,7 @@ def _load_keras_file(path: str, trust_model_code: bool = False):
     if legacy:
         # Keras 3 reads some Keras 2 configs without error but wrongly
         # (e.g. a Sequential's batch_input_shape); the legacy loader repairs them.
-        from tf_cnnvis.models import load_legacy_h5
+        from tf_cnnvis.legacy_h5 import load_legacy_h5
 
         try:
             # An explicit scope: Keras lets a process-wide
@@ -254,8 +255,10 @@ def _check_keras_h5(path: str) -> bool:
 
 
 def _check_keras_archive(path: str):
-    """Refuse a .keras archive whose weights file would hang the HDF5 library."""
+    """Refuse a .keras archive whose weights file would hang HDF5 or declares absurd sizes."""
     import zipfile
+
+    import h5py
 
     try:
         with zipfile.ZipFile(path) as archive, _Mapped(path) as data:
@@ -269,10 +272,15 @@ def _check_keras_archive(path: str):
                         raise ModelLoadError(f"{where} has no local header where the archive says")
                     start = (info.header_offset + 30 + int.from_bytes(local[26:28], "little")
                              + int.from_bytes(local[28:30], "little"))
-                    _check_hdf5_heaps(data, start, min(start + info.compress_size, len(data)), where)
+                    end = min(start + info.compress_size, len(data))
+                    _check_hdf5_heaps(data, start, end, where)
+                    weights = _Window(data, start, end)
                 else:
                     content = archive.read(info)
                     _check_hdf5_heaps(content, 0, len(content), where)
+                    weights = io.BytesIO(content)
+                with h5py.File(weights, "r") as h5:
+                    _check_hdf5_datasets(h5, info.file_size, where)
     except ModelLoadError:
         raise
     except Exception as error:  # noqa: BLE001 - zipfile raises BadZipFile, OSError, ValueError...
@@ -300,6 +308,35 @@ class _Mapped:
         if self.map is not None:
             self.map.close()
         self.stream.close()
+
+
+class _Window(io.RawIOBase):
+    """A read-only file over ``data[start:end]``: a member stored in a zip archive, for h5py."""
+
+    def __init__(self, data, start: int, end: int):
+        super().__init__()
+        self.data, self.start, self.end, self.position = data, start, end, 0
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def tell(self):
+        return self.position
+
+    def seek(self, offset, whence=io.SEEK_SET):
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.end - self.start}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def readinto(self, buffer):
+        begin = self.start + self.position
+        count = max(0, min(len(buffer), self.end - begin))
+        memoryview(buffer).cast("B")[:count] = self.data[begin:begin + count]
+        self.position += count
+        return count
 
 
 # HDF5 (1.14) decodes a global heap collection (where variable-length strings
@@ -829,7 +866,10 @@ class _GraphCheck:
         itemsize = tf.dtypes.as_dtype(tensor.dtype).size
         if content is None:
             content = len(tensor.tensor_content)
-        if content and tensor.dtype != 7:
+        if content and tensor.dtype == 7:
+            self.fail(where, f"holds a string tensor {key!r} with {content} bytes of raw content; "
+                      "strings are stored one by one (string_val)")
+        if content:
             if content != elements * itemsize:
                 self.fail(where, f"holds a tensor {key!r} of shape {dims[:8]} ({elements} elements of "
                           f"{_dtype_text(tensor.dtype)}) whose content is {content} bytes; expected "
@@ -846,7 +886,8 @@ class _GraphCheck:
                       f"{elements * max(itemsize, 1)} bytes from {values} value(s) in the file; "
                       f"at most {_MAX_SPLAT_BYTES} bytes are accepted")
 
-    def check_attr_value(self, where, key, value, expected=None, in_function=False, content=None):
+    def check_attr_value(self, where, key, value, expected=None, in_function=False, content=None,
+                         dtype=None):
         """``value`` of attr ``key``; ``expected`` is the op def's type string (None: not declared)."""
         field = value.WhichOneof("value")
         if field == "placeholder":
@@ -871,7 +912,7 @@ class _GraphCheck:
         elif field == "shape":
             self.check_shape(where, key, value.shape)
         elif field == "tensor":
-            self.check_tensor(where, key, value.tensor, content=content)
+            self.check_tensor(where, key, value.tensor, dtype, content)
         elif field == "func":
             self.check_function_name(where, key, value.func.name)
         elif field == "list":
@@ -891,10 +932,14 @@ class _GraphCheck:
 
     def check_attrs(self, where, node, op_def, in_function=False, content=None):
         declared = {attr.name: attr for attr in op_def.attr} if op_def is not None else {}
+        # A constant's value must have the dtype the node declares: the weights
+        # are later read by that dtype.
+        dtype = node.attr["dtype"].type if node.op in ("Const", "HostConst") and "dtype" in node.attr else None
         for key, value in node.attr.items():  # an attr the op lacks is TensorFlow's to judge:
             spec = declared.get(key)  # a meta graph's loader drops those a newer version added
+            value_of = key == "value"
             self.check_attr_value(where, key, value, spec.type if spec else None, in_function,
-                                  content if key == "value" else None)
+                                  content if value_of else None, dtype if value_of else None)
         for key, spec in declared.items():
             if key not in node.attr:
                 if not spec.HasField("default_value"):
