@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_cnnvis import models
+from tf_cnnvis import legacy_h5, models
 from tf_cnnvis.errors import ModelLoadError, ModelNotFoundError, OptionError
 
 from numerics import assert_reordered_close
@@ -280,7 +280,7 @@ def test_legacy_sequential_keeps_input_shape_and_predictions(tmp_path, as_list):
     _rewrite_model_config(path, lambda config: _as_keras2_sequential(config, as_list))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        loaded = models.load_legacy_h5(path)
+        loaded = legacy_h5.load_legacy_h5(path)
     assert loaded.input_shape == (None, 4)
     batch = np.random.default_rng(2).normal(size=(5, 4)).astype(np.float32)
     assert_reordered_close(loaded(batch).numpy(), original(batch).numpy())
@@ -297,7 +297,7 @@ def test_legacy_drops_noop_arguments(tmp_path, emotion, face_input):
                 layer["config"].update(fused=True, virtual_batch_size=None, adjustment=None)
 
     _rewrite_model_config(path, add_tf_keras_arguments)
-    np.testing.assert_array_equal(models.load_legacy_h5(path)(face_input).numpy(), emotion(face_input).numpy())
+    np.testing.assert_array_equal(legacy_h5.load_legacy_h5(path)(face_input).numpy(), emotion(face_input).numpy())
 
 
 def test_legacy_refuses_options_keras3_lacks(tmp_path):
@@ -309,13 +309,13 @@ def test_legacy_refuses_options_keras3_lacks(tmp_path):
 
     _rewrite_model_config(path, set_time_major)
     with pytest.raises(ModelLoadError, match="time_major"):
-        models.load_legacy_h5(path)
+        legacy_h5.load_legacy_h5(path)
 
 
 def test_legacy_rejects_missing_and_weights_only_files(tmp_path):
     with pytest.raises(ModelNotFoundError):
-        models.load_legacy_h5(str(tmp_path / "absent.h5"))
+        legacy_h5.load_legacy_h5(str(tmp_path / "absent.h5"))
     path = str(tmp_path / "only.weights.h5")
     _small_sequential(str(tmp_path / "model.h5")).save_weights(path)
     with pytest.raises(ModelLoadError, match="no model config"):
-        models.load_legacy_h5(path)
+        legacy_h5.load_legacy_h5(path)
