@@ -62,18 +62,7 @@ def class_scores(rebuilt: RebuiltGraph, model: FrozenModel, input_name: str, out
                               "Keras layer name, an op name or a tensor name")
         tensor = graph.get_tensor_by_name(select_layers(graph, model, [output])[0].tensor)
     else:
-        own = {node.name for node in model.graph_def.node}
-        dependent = rebuilt.dependent_ops(input_name)
-        read = {t.op.name for op in graph.get_operations() if op.name in own for t in op.inputs}
-        ends = [op.outputs[0] for op in graph.get_operations()
-                if op.name in own and op.name in dependent and op.name not in read and op.outputs
-                and op.outputs[0].dtype.is_floating]
-        candidates = [t for t in ends if t.shape.rank == 2]
-        if len(candidates) != 1:
-            found = ", ".join(f"{t.name} {tuple(t.shape.as_list()) if t.shape.rank else '?'}" for t in ends)
-            raise OptionError(f"cannot tell which output holds the class scores (outputs: {found or 'none'}); "
-                              "pass output= naming a layer of shape (N, classes)")
-        tensor = candidates[0]
+        tensor = rebuilt.cached(("attribution output", input_name), lambda: _only_output(rebuilt, model, input_name))
     source = _through_identities(tensor)
     if source.op.type == "Softmax":
         logger.info("class scores: the logits %s that feed the softmax %s", source.op.inputs[0].name, tensor.name)
@@ -86,6 +75,23 @@ def class_scores(rebuilt: RebuiltGraph, model: FrozenModel, input_name: str, out
     shape = tuple(tensor.shape.as_list())
     return LayerInfo(name=tensor.op.name, kind="output", op_type=tensor.op.type, shape=shape,
                      channels=shape[-1], tensor=tensor.name)
+
+
+def _only_output(rebuilt: RebuiltGraph, model: FrozenModel, input_name: str):
+    """The model's only 2-D float output that depends on the input (refused when there are several or none)."""
+    graph = rebuilt.graph
+    own = {node.name for node in model.graph_def.node}
+    dependent = rebuilt.dependent_ops(input_name)
+    read = {t.op.name for op in graph.get_operations() if op.name in own for t in op.inputs}
+    ends = [op.outputs[0] for op in graph.get_operations()
+            if op.name in own and op.name in dependent and op.name not in read and op.outputs
+            and op.outputs[0].dtype.is_floating]
+    candidates = [t for t in ends if t.shape.rank == 2]
+    if len(candidates) != 1:
+        found = ", ".join(f"{t.name} {tuple(t.shape.as_list()) if t.shape.rank else '?'}" for t in ends)
+        raise OptionError(f"cannot tell which output holds the class scores (outputs: {found or 'none'}); "
+                          "pass output= naming a layer of shape (N, classes)")
+    return candidates[0]
 
 
 def _spatial(shape: tuple) -> bool:
@@ -101,7 +107,8 @@ def cam_layer(rebuilt: RebuiltGraph, model: FrozenModel, input_name: str, scores
     ``outer/inner``) and the convolution, rectifier and pooling ops.
     """
     graph = rebuilt.graph
-    feeding = upstream(graph.get_tensor_by_name(scores.tensor))
+    feeding = rebuilt.cached(("attribution upstream", scores.tensor),
+                             lambda: upstream(graph.get_tensor_by_name(scores.tensor)))
     dependent = rebuilt.dependent_ops(input_name)
     if layer is not None:
         if not isinstance(layer, str) or not layer:
@@ -117,6 +124,12 @@ def cam_layer(rebuilt: RebuiltGraph, model: FrozenModel, input_name: str, scores
             raise OptionError(f"layer {layer!r} does not feed the class scores {scores.tensor!r} from input "
                               f"{input_name!r}; pick a layer between them")
         return info
+    return rebuilt.cached(("attribution cam layer", input_name, scores.tensor),
+                          lambda: _last_spatial_layer(rebuilt, model, feeding, dependent, scores))
+
+
+def _last_spatial_layer(rebuilt: RebuiltGraph, model: FrozenModel, feeding, dependent, scores) -> LayerInfo:
+    graph = rebuilt.graph
     named = {}
     for name, tensor_name in model.keras_layers.items():  # the innermost name of a nested model's output
         if tensor_name not in named or name.count("/") > named[tensor_name].count("/"):

@@ -30,8 +30,7 @@ import logging
 import numpy as np
 
 from tf_cnnvis.attribution import graph_ops
-from tf_cnnvis.attribution.batches import (CAM_COPIES, FORWARD_COPIES, INPUT_GRADIENT_COPIES, chunk_size,
-                                           in_chunks, run, upsample)
+from tf_cnnvis.attribution.batches import chunk_size, in_chunks, run, upsample
 from tf_cnnvis.feeds import Feed
 from tf_cnnvis.layers import LayerInfo
 from tf_cnnvis.load import FrozenModel
@@ -109,8 +108,8 @@ class Job:
         if logits is not None and self.logits is None:
             self.logits = logits
 
-    def chunk(self, rebuilt, copies: float, limit: int) -> int:
-        return chunk_size(rebuilt, self.one_item_feed(rebuilt), self.scores, copies, self.memory_budget_mb, limit)
+    def chunk(self, rebuilt, pass_kind: str, limit: int) -> int:
+        return chunk_size(rebuilt, self.one_item_feed(rebuilt), self.scores, pass_kind, self.memory_budget_mb, limit)
 
 
 def attribute(job: Job, methods: list[str]) -> dict[str, np.ndarray]:
@@ -157,7 +156,7 @@ def forward(job: Job, batch: np.ndarray, what: str) -> np.ndarray:
         ids = np.arange(begin, end)
         logits[begin:end] = run(rebuilt, ops.logits, job.item_feed(rebuilt, ids, batch[ids]))
 
-    in_chunks(count, job.chunk(rebuilt, FORWARD_COPIES, count), what, one_chunk)
+    in_chunks(count, job.chunk(rebuilt, "forward", count), what, one_chunk)
     return np.asarray(logits, np.float32)
 
 
@@ -197,7 +196,7 @@ def gradient_cams(job: Job, variants: list[str]) -> dict[str, np.ndarray]:
         logits.update(zip(ids.tolist(), scores))
         job.progress(end - begin)
 
-    in_chunks(total, job.chunk(rebuilt, CAM_COPIES, total), f"CAMs of layer {job.layer.name!r}", one_chunk)
+    in_chunks(total, job.chunk(rebuilt, "backward", total), f"CAMs of layer {job.layer.name!r}", one_chunk)
     job.resolve(chosen, np.stack([logits[n] for n in range(job.images.shape[0])]))
     height, width = job.shape[:2]
     return {name: upsample(value, height, width).reshape(job.classes.shape + (height, width))
@@ -222,7 +221,7 @@ def score_cam(job: Job) -> np.ndarray:
         maps[begin:end], logits[begin:end] = run(rebuilt, [rebuilt.tensor(job.layer.tensor), ops.logits],
                                                  job.item_feed(rebuilt, ids, job.images[ids]))
 
-    in_chunks(count, job.chunk(rebuilt, FORWARD_COPIES, count), f"layer {job.layer.name!r}", maps_and_scores)
+    in_chunks(count, job.chunk(rebuilt, "forward", count), f"layer {job.layer.name!r}", maps_and_scores)
     logits = np.asarray(logits, np.float32)
     job.resolve(np.where(job.classes == graph_ops.TOP_CLASS, logits.argmax(axis=1)[:, None], job.classes), logits)
     maps = np.asarray(maps, np.float32)  # (N, h, w, C)
@@ -250,7 +249,7 @@ def score_cam(job: Job) -> np.ndarray:
         scores[begin:end] = np.take_along_axis(scored, job.classes[ids], axis=1)
         job.progress(end - begin)
 
-    in_chunks(len(images), job.chunk(rebuilt, FORWARD_COPIES, len(images)), "Score-CAM's masked images", one_chunk)
+    in_chunks(len(images), job.chunk(rebuilt, "forward", len(images)), "Score-CAM's masked images", one_chunk)
     result = np.zeros(job.classes.shape + maps.shape[1:3], np.float32)
     for n in range(count):
         mine = images == n
@@ -304,7 +303,7 @@ def _input_gradients(job: Job, rules: str, inputs, what: str, repeats: int, sink
         sink(ids, class_slots, repeat, gradients)
         job.progress(end - begin)
 
-    in_chunks(total, job.chunk(rebuilt, INPUT_GRADIENT_COPIES, total), what, one_chunk)
+    in_chunks(total, job.chunk(rebuilt, "backward", total), what, one_chunk)
     if job.logits is None:
         job.resolve(chosen[::repeats], np.stack([logits[n] for n in range(job.images.shape[0])]))
 
@@ -454,5 +453,5 @@ def occlusion(job: Job) -> np.ndarray:
             drops[image, :, y:y + patch_h, x:x + patch_w] += drop[item][:, None, None]
         job.progress(end - begin)
 
-    in_chunks(len(images), job.chunk(rebuilt, FORWARD_COPIES, len(images)), "occluded images", one_chunk)
+    in_chunks(len(images), job.chunk(rebuilt, "forward", len(images)), "occluded images", one_chunk)
     return (drops / covered).astype(np.float32)

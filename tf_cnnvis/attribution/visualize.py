@@ -133,8 +133,9 @@ def attribution_visualization(graph_or_path=None, value_feed_dict=None, classes=
     where = {name: cam if name in CAM_METHODS else source for name in methods}
     shown = list(dict.fromkeys(where.values()))
     result = VisualizationResult("attribution", layers=shown)
-    writer = Writer(path_outdir, path_logdir, step, result, shown,  # bad folders fail before the work
-                    [info.name for info in layer_table(rebuilt.graph, model)])
+    # Folders are named over all the model's layers, as by the other entry functions (listed once per graph).
+    names = rebuilt.cached(("attribution layer names",), lambda: [info.name for info in layer_table(rebuilt.graph, model)])
+    writer = Writer(path_outdir, path_logdir, step, result, shown, names)  # bad folders fail before the work
     bar = progress_bar(progress, _item_count(methods, chosen, settings, cam, (height, width)), "attribution")
     job = Job(model=model, feed=feed, scores=scores, classes=chosen, layer=cam, settings=settings,
               memory_budget_mb=memory_budget_mb, progress=bar.update)
