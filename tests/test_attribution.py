@@ -15,6 +15,8 @@ import importlib.util
 import io
 import logging
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -622,6 +624,24 @@ def test_the_command_line_writes_attribution_maps(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         cli.main(["attribution", "m", "i", "--method", "gradcam,gradcm"])
     assert stop.value.code == 2 and "'gradcm' is not one of" in capsys.readouterr().err
+
+
+def test_the_subcommands_help_and_bad_arguments_answer_without_loading_tensorflow():
+    script = ("import sys\n"
+              "from tf_cnnvis import cli\n"
+              "for argv in (['attribution', '--help'], ['attribution', 'm', 'i', '--method', 'lrp']):\n"
+              "    try:\n"
+              "        cli.main(argv)\n"
+              "    except SystemExit:\n"
+              "        pass\n"
+              "print(sorted(name for name in ('tensorflow', 'keras') if name in sys.modules))\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "usage: tf-cnnvis attribution" in done.stdout and "--smooth" in done.stdout
+    assert "'lrp' is not one of" in done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_the_training_callback_writes_attribution_maps_every_epoch(tmp_path, images):
