@@ -10,6 +10,8 @@ TensorBoard:
 - :func:`deepdream_visualization`: images that maximize classes or channels.
 - :func:`attribution_visualization`: where in each image the network saw a
   class (Grad-CAM family, Score-CAM, gradients, Integrated Gradients, occlusion).
+- :func:`sanity_check` and :func:`deletion_insertion`: which of those pictures
+  change when the weights are randomized, and point at what the class needs.
 
 The public names load their modules on first use, so ``import tf_cnnvis``
 (and the ``tf-cnnvis --help`` command) does not start TensorFlow until a
@@ -47,6 +49,9 @@ _LAZY = {
     "VisualizationCallback": "tf_cnnvis.callbacks",
     "attribution_visualization": "tf_cnnvis.attribution",
     "deepdream_visualization": "tf_cnnvis.deepdream",
+    "SanityResult": "tf_cnnvis.sanity",
+    "deletion_insertion": "tf_cnnvis.sanity",
+    "sanity_check": "tf_cnnvis.sanity",
     "LayerInfo": "tf_cnnvis.layers",
     "FrozenModel": "tf_cnnvis.load",
     "load_model": "tf_cnnvis.load",
@@ -89,5 +94,6 @@ if TYPE_CHECKING:  # what static tools and editors see
     from tf_cnnvis.layers import LayerInfo
     from tf_cnnvis.load import FrozenModel, load_model
     from tf_cnnvis.render import VisualizationResult
+    from tf_cnnvis.sanity import SanityResult, deletion_insertion, sanity_check
     from tf_cnnvis.top_activations import load_top_activations, render_top_activations, top_activations
     from tf_cnnvis.visualize import activation_visualization, deconv_visualization, list_layers

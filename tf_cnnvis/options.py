@@ -220,3 +220,28 @@ def _refuse_repeats(name: str, items: list):
         except TypeError:  # unhashable (a nested list): the item checks report it
             continue
 
+
+# Sanity checks (tf_cnnvis.sanity): the reconstructions on a class score, then the other attribution methods.
+SANITY_METHODS = METHODS + tuple(name for name in ATTRIBUTION_METHODS if name not in METHODS)
+
+
+def check_sanity_methods(methods) -> list:
+    """``methods`` (None: all of SANITY_METHODS) as a list of distinct names and callables."""
+    if methods is None:
+        return list(SANITY_METHODS)
+    items = [methods] if isinstance(methods, str) or callable(methods) else methods
+    accepted = f"{_choices(SANITY_METHODS)}, or a callable method(model, images, classes)"
+    if not isinstance(items, (list, tuple)) or not items:
+        raise OptionError(f"methods={methods!r} must be one of {accepted}, or a non-empty list of them")
+    names = []
+    for item in items:
+        if isinstance(item, str):
+            if item not in SANITY_METHODS:
+                raise OptionError(f"method {item!r} is not one of {accepted}")
+            names.append(item)
+        elif callable(item):
+            names.append(getattr(item, "__name__", type(item).__name__))
+        else:
+            raise OptionError(f"method {item!r} is neither a name nor callable; give {accepted}")
+    _refuse_repeats("methods", names)
+    return list(items)

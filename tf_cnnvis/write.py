@@ -497,6 +497,16 @@ class SummaryWriter:
             self._records.write(record)
             self._records.flush()
 
+    def add_scalars(self, scalars: dict, step: int):
+        """Write ``{tag: number}`` as one event of scalar summaries (TensorBoard's Scalars tab), then flush."""
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+
+        values = [summary_pb2.Summary.Value(tag=tag, simple_value=float(value)) for tag, value in scalars.items()]
+        event = event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary_pb2.Summary(value=values))
+        with self._lock:
+            self._records.write(event.SerializeToString())
+            self._records.flush()
+
     @classmethod
     def close_logdir(cls, logdir: str):
         """Close the writer of ``logdir``, if open; a later call opens a new file."""

@@ -1,0 +1,116 @@
+"""How alike two maps are: rank correlations and SSIM, as Adebayo et al. (2018) measured them.
+
+A method's values for one image and class are reduced to two maps
+``(H, W)``: the *signed* map sums the values over the input channels, the
+*absolute* map sums their magnitudes (a map without channels is both).
+Each pair of maps is compared three ways:
+
+- ``spearman_abs``: Spearman's rank correlation of the absolute maps;
+- ``spearman_signed``: the same on the signed maps;
+- ``ssim``: the structural similarity (Wang et al. 2004) of the absolute
+  maps as they are shown: divided by their 99th percentile and clipped to
+  [0, 1] (:func:`display_normalize`, as in Adebayo et al.'s code).
+
+A map that is the same everywhere has no ranks: its correlation with a
+map that varies is 0, and with another constant map 1.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage, stats
+
+__all__ = ["MEASURES", "compare", "display_normalize", "reduce_maps", "spearman", "ssim"]
+
+MEASURES = ("spearman_abs", "spearman_signed", "ssim")
+DISPLAY_PERCENTILE = 99.0
+# Wang et al. (2004): an 11 x 11 Gaussian window of standard deviation 1.5, K1 = 0.01, K2 = 0.03.
+SSIM_SIGMA = 1.5
+SSIM_RADIUS = 5
+SSIM_K1 = 0.01
+SSIM_K2 = 0.03
+
+
+def reduce_maps(values: np.ndarray, spatial_rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """(signed, absolute) maps of ``values`` ``(..., H, W)`` or ``(..., H, W, C)``.
+
+    ``spatial_rank`` is the number of leading axes before ``H, W``: values
+    with one more axis carry input channels, which are summed.
+    """
+    values = np.asarray(values, np.float64)
+    if values.ndim == spatial_rank + 3:
+        return values.sum(axis=-1), np.abs(values).sum(axis=-1)
+    return values, np.abs(values)
+
+
+def spearman(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Spearman's rank correlation of each pair of maps ``(..., H, W)`` (ties get their mean rank)."""
+    first, second = np.broadcast_arrays(np.asarray(first, np.float64), np.asarray(second, np.float64))
+    shape = first.shape[:-2]
+    a = stats.rankdata(first.reshape(-1, first.shape[-2] * first.shape[-1]), axis=1)
+    b = stats.rankdata(second.reshape(a.shape), axis=1)
+    a -= a.mean(axis=1, keepdims=True)
+    b -= b.mean(axis=1, keepdims=True)
+    norms = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
+    flat_a = (a == 0).all(axis=1)
+    flat_b = (b == 0).all(axis=1)
+    result = np.where(norms > 0, (a * b).sum(axis=1) / np.where(norms > 0, norms, 1), 0.0)
+    result = np.where(flat_a & flat_b, 1.0, result)
+    return np.clip(result, -1.0, 1.0).reshape(shape)
+
+
+def display_normalize(maps: np.ndarray, percentile: float = DISPLAY_PERCENTILE) -> np.ndarray:
+    """Absolute maps ``(..., H, W)`` divided by their own ``percentile`` and clipped to [0, 1].
+
+    Where that percentile is zero the maximum is the scale; a map of zeros stays zero.
+    """
+    maps = np.nan_to_num(np.abs(np.asarray(maps, np.float64)), nan=0.0, posinf=0.0)
+    flat = maps.reshape(-1, maps.shape[-2] * maps.shape[-1])
+    scale = np.percentile(flat, percentile, axis=1)
+    scale = np.where(scale > 0, scale, flat.max(axis=1))
+    scaled = flat / np.where(scale > 0, scale, 1)[:, None]
+    return np.clip(scaled, 0.0, 1.0).reshape(maps.shape)
+
+
+def ssim(first: np.ndarray, second: np.ndarray, data_range: float = 1.0) -> np.ndarray:
+    """Mean structural similarity of each pair of images ``(..., H, W)`` (Wang et al. 2004).
+
+    Local means, variances and covariance under a Gaussian window
+    (sigma 1.5, 11 x 11), constants ``(0.01 L)^2`` and ``(0.03 L)^2`` for
+    the data range ``L``, population (not sample) covariances; the mean is
+    taken over the positions whose whole window lies inside the image, as
+    scikit-image's ``structural_similarity(..., gaussian_weights=True,
+    use_sample_covariance=False)`` and ``tf.image.ssim`` take it. An image
+    smaller than the window is averaged over every position (the window
+    mirrored at the border).
+    """
+    first, second = np.broadcast_arrays(np.asarray(first, np.float64), np.asarray(second, np.float64))
+    shape = first.shape[:-2]
+    height, width = first.shape[-2:]
+    x = first.reshape(-1, height, width)
+    y = second.reshape(-1, height, width)
+    c1 = (SSIM_K1 * data_range) ** 2
+    c2 = (SSIM_K2 * data_range) ** 2
+    truncate = (SSIM_RADIUS + 0.25) / SSIM_SIGMA  # the window's radius is exactly SSIM_RADIUS
+
+    def window(values):  # filtered over H and W only, each image on its own
+        return ndimage.gaussian_filter(values, sigma=(0, SSIM_SIGMA, SSIM_SIGMA), truncate=truncate, mode="reflect")
+
+    mean_x, mean_y = window(x), window(y)
+    var_x = window(x * x) - mean_x * mean_x
+    var_y = window(y * y) - mean_y * mean_y
+    cov = window(x * y) - mean_x * mean_y
+    local = ((2 * mean_x * mean_y + c1) * (2 * cov + c2)) / ((mean_x ** 2 + mean_y ** 2 + c1) * (var_x + var_y + c2))
+    r = SSIM_RADIUS
+    if height > 2 * r and width > 2 * r:
+        local = local[:, r:height - r, r:width - r]
+    return local.mean(axis=(1, 2)).reshape(shape)
+
+
+def compare(original: tuple[np.ndarray, np.ndarray], other: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each measure of :data:`MEASURES` between (signed, absolute) map pairs ``(..., H, W)``, per pair."""
+    signed_a, abs_a = original
+    signed_b, abs_b = other
+    return {"spearman_abs": spearman(abs_a, abs_b),
+            "spearman_signed": spearman(signed_a, signed_b),
+            "ssim": ssim(display_normalize(abs_a), display_normalize(abs_b))}
