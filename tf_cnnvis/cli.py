@@ -1,7 +1,7 @@
 """``tf-cnnvis``: the library from a terminal, without writing Python.
 
 Subcommands: ``layers``, ``activations``, ``deconv``, ``deepdream``,
-``attribution``, ``report`` and ``demo``. MODEL is a built-in model name (``vgg16``,
+``attribution``, ``sanity``, ``report`` and ``demo``. MODEL is a built-in model name (``vgg16``,
 ``emotion``), any path :func:`tf_cnnvis.load_model` reads, or an http(s) URL
 of a model file, fetched once with the ``wget`` package into a cache folder
 (``--cache-dir``, else ``$TF_CNNVIS_CACHE``, else the user's cache folder).
@@ -23,8 +23,9 @@ import tempfile
 import urllib.parse
 
 from tf_cnnvis import arguments
-from tf_cnnvis.options import (DEFAULT_MEMORY_BUDGET_MB, INTEGRATION_RULES, SCALINGS, SMOOTHINGS, TARGETS,
-                               UNIT_VIEWS, check_attribution_methods)
+from tf_cnnvis.options import (DEFAULT_MEMORY_BUDGET_MB, DELETION_BASELINES, DELETION_SCORES, INTEGRATION_RULES,
+                               RANDOMIZATIONS, SCALINGS, SMOOTHINGS, TARGETS, UNIT_VIEWS, check_attribution_methods,
+                               check_sanity_methods)
 
 PROGRAM = "tf-cnnvis"
 CACHE_ENV = "TF_CNNVIS_CACHE"
@@ -208,6 +209,44 @@ def build_parser() -> argparse.ArgumentParser:
                              help=f"bounds the batch run at once (default {DEFAULT_MEMORY_BUDGET_MB})")
     attribution.set_defaults(run=_run_attribution)
 
+    sanity = commands.add_parser("sanity", help="which attribution pictures change when the weights are randomized",
+                                 description="Sanity checks: each method's map on the model and on copies whose "
+                                             "weights are randomized layer by layer from the output (cascade) and one "
+                                             "layer at a time, compared by rank correlation and SSIM; deletion and "
+                                             "insertion curves of the original maps. Writes a cascade picture, plots "
+                                             "and TensorBoard scalars (one run per method) and prints a table.")
+    _add_common(sanity)
+    sanity.add_argument("--method", type=_sanity_methods, default=None, metavar="M[,M]",
+                        help="deconvnet, guided, gradient (reconstructions of the class score), gradcam, gradcam++, "
+                             "layercam, scorecam, guided_gradcam, saliency, gradient_x_input, integrated_gradients, "
+                             "occlusion; several separated by commas (default: all)")
+    sanity.add_argument("--classes", type=arguments.names, metavar="LIST",
+                        help="class indices or label names, comma separated (default: each image's top class)")
+    sanity.add_argument("--labels", type=arguments.names, metavar="NAMES",
+                        help="comma-separated class names (default for the emotion model: its 7 emotions)")
+    sanity.add_argument("--layers", type=arguments.names, metavar="NAME[,NAME]",
+                        help="the layers with weights to randomize (default: all of them)")
+    sanity.add_argument("--cascade-steps", type=int, metavar="N",
+                        help="run only the first N steps of the cascade (default: every layer)")
+    sanity.add_argument("--no-independent", action="store_true", help="skip randomizing each layer alone")
+    sanity.add_argument("--randomization", choices=RANDOMIZATIONS, default="normal",
+                        help="normal: draws with each weight tensor's mean and deviation (default); shuffle: its "
+                             "values permuted")
+    sanity.add_argument("--seed", type=int, default=0, help="random seed of the weights (0)")
+    sanity.add_argument("--no-faithfulness", action="store_true", help="skip the deletion and insertion curves")
+    sanity.add_argument("--deletion-steps", type=int, default=100,
+                        help="steps of the deletion and insertion curves (100: 1%% of the pixels each)")
+    sanity.add_argument("--baseline", choices=DELETION_BASELINES, default="blur",
+                        help="what removed pixels become: blur (default), zero or mean")
+    sanity.add_argument("--score", choices=DELETION_SCORES, default="probability",
+                        help="the class score the curves measure (probability)")
+    sanity.add_argument("--layer", help="the layer CAM methods weigh (default: the last layer with spatial extent)")
+    sanity.add_argument("--output", help="the layer of class scores (default: the model's output)")
+    sanity.add_argument("--ig-steps", type=int, default=50, help="Integrated Gradients' steps (50)")
+    sanity.add_argument("--memory-budget-mb", type=float, default=DEFAULT_MEMORY_BUDGET_MB,
+                        help=f"bounds the batch run at once (default {DEFAULT_MEMORY_BUDGET_MB})")
+    sanity.set_defaults(run=_run_sanity)
+
     report = commands.add_parser("report", help="build the HTML gallery of an output folder",
                                  description="Write OUTDIR/index.html linking every layer, method "
                                              "and image, and one page per layer.")
@@ -235,6 +274,16 @@ def _attribution_methods(text: str) -> list[str]:
 
     try:
         return check_attribution_methods(arguments.names(text))
+    except OptionError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _sanity_methods(text: str) -> list[str]:
+    """``"gradcam,guided"`` -> distinct sanity-check method names."""
+    from tf_cnnvis.errors import OptionError
+
+    try:
+        return check_sanity_methods(arguments.names(text))
     except OptionError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
@@ -506,6 +555,47 @@ def _run_attribution(args, out):
         max_channels=args.max_channels, deprocess=deprocess, step=args.step,
         memory_budget_mb=args.memory_budget_mb, progress=not args.quiet)
     return _finish(result, args, out, outdir, logdir)
+
+
+def _run_sanity(args, out):
+    from tf_cnnvis.models import EMOTION_LABELS
+    from tf_cnnvis.sanity import sanity_check
+
+    model, builtin, images = _model_and_images(args)
+    _, _, deprocess = _preprocessing(args.preprocess, builtin)
+    labels = args.labels
+    if labels is None and builtin == "emotion":
+        labels = list(EMOTION_LABELS)
+    classes = None
+    if args.classes is not None:
+        classes = [int(item) if item.isdigit() else item for item in args.classes]
+    outdir, logdir = _folders(args)
+    options = {"steps": args.ig_steps}
+    if args.layer is not None:
+        options["layer"] = args.layer
+    result = sanity_check(
+        model, _feed(args, images), args.method, classes, args.layers, args.input_tensor, logdir, outdir,
+        labels=labels, output=args.output, steps=args.cascade_steps, independent=not args.no_independent,
+        randomization=args.randomization, seed=args.seed, faithfulness=not args.no_faithfulness,
+        deletion_steps=args.deletion_steps, baseline=args.baseline, score=args.score, attribution_options=options,
+        deprocess=deprocess, step=args.step, memory_budget_mb=args.memory_budget_mb, progress=not args.quiet)
+    index = None
+    if args.report and outdir is not None:
+        from tf_cnnvis.report import build_gallery
+
+        index = build_gallery(outdir)
+    if not args.quiet:
+        out.write(f"{len(result.randomized)} layer(s) randomized, from the output: {', '.join(result.randomized)}\n"
+                  f"{result.table()}\n'changes': with every layer randomized, Spearman (abs) and SSIM are below "
+                  "0.5\n")
+        if outdir is not None:
+            out.write(f"{len(result.paths)} PNG file(s) in {os.path.abspath(outdir)}\n")
+        if index:
+            out.write(f"gallery: {index}\n")
+        if logdir is not None:
+            out.write(f"TensorBoard (Scalars: one run per method): tensorboard --logdir "
+                      f"{_quote(os.path.abspath(logdir))}\n")
+    return 0
 
 
 def _run_report(args, out):

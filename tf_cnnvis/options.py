@@ -223,6 +223,11 @@ def _refuse_repeats(name: str, items: list):
 
 # Sanity checks (tf_cnnvis.sanity): the reconstructions on a class score, then the other attribution methods.
 SANITY_METHODS = METHODS + tuple(name for name in ATTRIBUTION_METHODS if name not in METHODS)
+# How weights are randomized: normal draws with each tensor's mean and deviation, or its values shuffled.
+RANDOMIZATIONS = ("normal", "shuffle")
+# What deletion replaces pixels with (and insertion starts from), and the class score it measures.
+DELETION_BASELINES = ("blur", "zero", "mean")
+DELETION_SCORES = ("probability", "logit")
 
 
 def check_sanity_methods(methods) -> list:

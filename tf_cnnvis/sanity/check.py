@@ -27,8 +27,8 @@ from tf_cnnvis.errors import FeedError, OptionError
 from tf_cnnvis.feeds import Feed, resolve_feed
 from tf_cnnvis.layers import LayerInfo, layer_table, select_layers
 from tf_cnnvis.load import load_model
-from tf_cnnvis.options import (DEFAULT_MEMORY_BUDGET_MB, METHODS, check_channels, check_integer, check_memory_budget,
-                               check_model_source, check_sanity_methods)
+from tf_cnnvis.options import (DEFAULT_MEMORY_BUDGET_MB, METHODS, RANDOMIZATIONS, check_channels, check_integer,
+                               check_memory_budget, check_model_source, check_sanity_methods)
 from tf_cnnvis.progress import progress_bar
 from tf_cnnvis.rebuild import rebuild
 from tf_cnnvis.render import VisualizationResult, Writer, display_image, image_parts
@@ -37,7 +37,7 @@ from tf_cnnvis.sanity.faithfulness import (Curves, baseline_images, check_baseli
                                            ranking, score_curves)
 from tf_cnnvis.sanity.maps import MapMaker, check_attribution_options, method_name, per_image_inputs
 from tf_cnnvis.sanity.measures import MEASURES, compare, display_normalize, reduce_maps
-from tf_cnnvis.sanity.weights import RANDOMIZATIONS, Randomizer, select_weight_layers
+from tf_cnnvis.sanity.weights import Randomizer, select_weight_layers
 from tf_cnnvis.write import SummaryWriter, safe_names
 
 logger = logging.getLogger("tf_cnnvis")

@@ -34,12 +34,12 @@ from tf_cnnvis.attribution.batches import in_chunks
 from tf_cnnvis.errors import OptionError
 from tf_cnnvis.feeds import Feed
 from tf_cnnvis.layers import LayerInfo
-from tf_cnnvis.options import check_integer
+from tf_cnnvis.options import DELETION_BASELINES, DELETION_SCORES, check_integer
 from tf_cnnvis.rebuild import RebuiltGraph
 from tf_cnnvis.sanity.maps import per_image_inputs
 
-BASELINES = ("blur", "zero", "mean")
-SCORES = ("probability", "logit")
+BASELINES = DELETION_BASELINES
+SCORES = DELETION_SCORES
 # Methods whose maps are contributions: pixels are ranked by the signed map.
 SIGNED_ORDER = ("gradient_x_input", "integrated_gradients", "occlusion")
 

@@ -40,11 +40,10 @@ import tensorflow as tf
 from tf_cnnvis.errors import LayerNotFoundError, OptionError
 from tf_cnnvis.graph import input_op_name, op_name
 from tf_cnnvis.load import FrozenModel
+from tf_cnnvis.options import RANDOMIZATIONS
 from tf_cnnvis.rebuild import weight_values
 
 __all__ = ["RANDOMIZATIONS", "WeightLayer", "randomized_model", "select_weight_layers", "weight_layers"]
-
-RANDOMIZATIONS = ("normal", "shuffle")
 
 # Ops that multiply their input by a kernel, and which of their inputs holds it.
 _KERNEL_OPS = {"Conv2D": (1,), "Conv3D": (1,), "DepthwiseConv2dNative": (1,), "Conv2DBackpropInput": (1,),
