@@ -370,8 +370,8 @@ def test_a_vectorized_backward_pass_counts_gradients_not_forward_tensors_per_ite
     budget_mb = 1.0
     shared = compute.chunk_size(rebuilt, feed, layer, images.shape[1:], budget_mb, 10**6, shared_forward=True)
     batched = compute.chunk_size(rebuilt, feed, layer, images.shape[1:], budget_mb, 10**6)
-    assert shared == 2**20 // ((max(sizes) * compute._GRADIENT_COPIES + 20 * 20 * 3) * 4)
-    assert batched == 2**20 // (sum(sizes) * 4 * compute._BACKWARD_FACTOR)
+    assert shared == 2**20 // ((max(sizes) * compute.GRADIENT_COPIES + 20 * 20 * 3) * 4)
+    assert batched == 2**20 // (sum(sizes) * 4 * compute.BACKWARD_FACTOR)
     assert shared > batched
 
 

@@ -23,7 +23,7 @@ import re
 import numpy as np
 import tensorflow as tf
 
-from tf_cnnvis.errors import FeedError, OptionError, OutOfMemoryError
+from tf_cnnvis.errors import FeedError, ModelLoadError, OptionError, OutOfMemoryError
 from tf_cnnvis.feeds import Feed
 from tf_cnnvis.graph import ops_depending_on
 from tf_cnnvis.layers import LayerInfo
@@ -35,13 +35,13 @@ logger = logging.getLogger("tf_cnnvis")
 # A batch of different images: each item holds its own forward tensors, the
 # gradients and the temporaries of the custom rules, about three copies of
 # every tensor between the input and the layer.
-_BACKWARD_FACTOR = 3
+BACKWARD_FACTOR = 3
 # One image's forward pass shared by a batched backward pass: an item
 # holds only the gradient in flight and the rules' temporaries, a few
 # tensors of the largest size. Measured on VGG16 block5_conv3 at 224 px with
 # the deconvnet rules, 512 channels: about 7 (3.24 GB peak at 4, 1.77 GB at 8
 # with parallel-for; 1.94 GB at 8 with the batched pass of tf_cnnvis.backward).
-_GRADIENT_COPIES = 8
+GRADIENT_COPIES = 8
 
 
 def run(rebuilt: RebuiltGraph, fetches, feed_dict):
@@ -59,11 +59,16 @@ def run(rebuilt: RebuiltGraph, fetches, feed_dict):
         if not str(error).startswith("Cannot feed value"):
             raise
         raise FeedError(f"{error}; change that value in value_feed_dict") from None
+    except tf.errors.ResourceExhaustedError:
+        raise  # the callers that chunk their work retry with less
+    except tf.errors.OpError as error:  # an op the model holds cannot run here (no kernel, bad attrs)
+        raise ModelLoadError(f"the model cannot run: {_tf_reason(error.message)}; the model file is "
+                             "damaged or holds ops this TensorFlow cannot run on this device") from None
 
 
 def _tf_reason(message: str) -> str:
     """The line of a TensorFlow error that says what went wrong (not where)."""
-    lines = [line.strip() for line in message.splitlines()]
+    lines = [line.strip() for line in message.split("Original stack trace")[0].splitlines()]
     reasons = [line for line in lines if line and not line.startswith(
         ("Graph execution error", "Detected at node", "File ", "Node:", "[[", "Traceback"))]
     return reasons[-1] if reasons else lines[0]
@@ -71,7 +76,11 @@ def _tf_reason(message: str) -> str:
 
 def activations(rebuilt: RebuiltGraph, feed: Feed, layers: list[LayerInfo]) -> dict[str, np.ndarray]:
     """The layers' values on the user's images, in one forward pass."""
-    values = run(rebuilt, [layer.tensor for layer in layers], feed.with_images(feed.images))
+    try:
+        values = run(rebuilt, [layer.tensor for layer in layers], feed.with_images(feed.images))
+    except tf.errors.ResourceExhaustedError as error:
+        raise OutOfMemoryError(f"out of memory computing the activations ({_tf_reason(error.message)}); "
+                               "feed fewer or smaller images") from None
     return {layer.tensor: value for layer, value in zip(layers, values)}
 
 
@@ -86,9 +95,9 @@ def chunk_size(rebuilt: RebuiltGraph, feed: Feed, layer: LayerInfo, image_shape,
     check_memory_budget(memory_budget_mb)
     sizes = tensor_sizes(rebuilt, feed, [layer], image_shape)[layer.tensor]
     if shared_forward:
-        per_item = (max(sizes, default=0) * _GRADIENT_COPIES + math.prod(image_shape)) * 4
+        per_item = (max(sizes, default=0) * GRADIENT_COPIES + math.prod(image_shape)) * 4
     else:
-        per_item = sum(sizes) * 4 * _BACKWARD_FACTOR
+        per_item = sum(sizes) * 4 * BACKWARD_FACTOR
     size = int(memory_budget_mb * 2**20 // max(per_item, 1))
     return int(max(1, min(size, limit)))
 
