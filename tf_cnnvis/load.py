@@ -771,7 +771,7 @@ def _freeze_graph_def(graph_def, description: str, check: bool = True, content_s
 
 _NAME = r"[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*"
 _NODE_NAME = re.compile(_NAME + r"\Z")
-_FUNCTION_NAME = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.\\/>-]*\Z")  # "__inference_..." too
+_FUNCTION_NAME = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.\\/<>-]*\Z")  # "__inference_<lambda>_12" too
 _GRAPH_INPUT = re.compile(r"(\^)?(" + _NAME + r")(?::(\d+))?\Z")
 _FUNCTION_INPUT = re.compile(r"(\^)?([A-Za-z0-9_.][A-Za-z0-9_.\\/>-]*)(?::([A-Za-z0-9_]+)(?::(\d+))?)?\Z")
 _MAX_RANK = 254
