@@ -391,7 +391,7 @@ def test_report_links_every_picture_and_no_link_is_broken(model_file, image_file
 def test_demo_command_writes_every_method_to_output_and_log(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     code, out, _ = run_cli(["demo", "--size", "48", "--channels", "2", "--layers",
-                            "block1_conv2,block3_conv3", "--deconv-layers", "block3_conv3",
+                            "block1_conv2,block3_conv3", "--deconv-layers", "block2_conv2,block3_conv3",
                             "--dream-iterations", "1", "--dream-octaves", "1",
                             "--class-iterations", "3"], capsys)
     assert code == 0
@@ -400,7 +400,7 @@ def test_demo_command_writes_every_method_to_output_and_log(tmp_path, monkeypatc
     expected = ["block1_conv2/activations/grid_activation.png",
                 "block3_conv3/activations/grid_activation.png",
                 "block3_conv3/deconvolution/deconvnet_unit/grid_image.png",
-                "block3_conv3/deconvolution/guided/grid_image.png",
+                "block2_conv2/deconvolution/guided/grid_image.png",  # guided whole maps: shallow only
                 "block4_conv3/deepdream/amplified.png",
                 "predictions/deepdream/grid_deepdream.png"]
     for name in expected:
@@ -409,6 +409,8 @@ def test_demo_command_writes_every_method_to_output_and_log(tmp_path, monkeypatc
     guided = np.asarray(Image.open(output / expected[3]))
     assert guided.shape == (48, 97, 3)  # the two strongest channels side by side
     assert not np.array_equal(guided[:, :48], guided[:, 49:])
+    assert not (output / "block3_conv3" / "deconvolution" / "guided").exists()
+    assert (output / "input_000.png").exists()  # the gallery shows the input first
     emotions = sorted(p.name for p in (output / "predictions" / "deepdream").glob("class_*.png"))
     assert len(emotions) == 7 and "class_happy.png" in emotions
     assert list(log.glob("events.out.tfevents.*"))

@@ -114,6 +114,8 @@ def written(tmp_path):
     tags = {}
     for result in results:
         for path in result.paths:
+            if os.path.dirname(path) == str(outdir):
+                continue  # the input images, written for the gallery, not TensorBoard
             relative = os.path.relpath(os.path.dirname(path), outdir).split(os.sep)
             tags["/".join(relative)] = path
     return str(logdir), tags
