@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 import tf_cnnvis
+from tf_cnnvis.inlining import inline_function_calls
 from tf_cnnvis.load import load_model
 
 from numerics import assert_reordered_close
@@ -359,3 +360,143 @@ def test_grouped_convolution_rule_equals_one_convolution_per_group(groups, multi
                                 target=target)
             assert np.abs(split).max() > 0
             assert_reordered_close(grouped, split, err_msg=f"{method} {target}")
+
+
+# ---------------------------------------------------------------------- the batched backward pass
+
+def modern_zoo_model(seed=0):
+    """A small Keras model with the ops of modern nets: overlapping max-pooling, cropping,
+    LayerNormalization, per-position Dense (a Tensordot), squeeze-and-excitation with a
+    hard-sigmoid gate, a grouped and a depthwise convolution, each smooth rectifier and a softmax."""
+    import keras
+    from keras import layers as kl
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((20, 20, 3), name="image")
+    x = kl.Conv2D(8, 3, padding="same", activation="gelu", name="stem")(inputs)
+    x = kl.MaxPooling2D(3, strides=2, padding="same", name="overlapping_pool")(x)
+    x = kl.Cropping2D(((1, 0), (0, 1)), name="crop")(x)
+    x = kl.LayerNormalization(epsilon=1e-6, name="layernorm")(x)
+    x = kl.Dense(16, activation="silu", name="pointwise")(x)
+    x = kl.Conv2D(16, 3, padding="same", groups=4, activation="hard_swish", name="grouped")(x)
+    x = kl.DepthwiseConv2D(3, padding="same", activation="mish", name="depthwise")(x)
+    squeeze = kl.GlobalAveragePooling2D(keepdims=True, name="squeeze")(x)
+    excite = kl.Conv2D(16, 1, activation="hard_sigmoid", name="excite")(
+        kl.Conv2D(4, 1, activation="softplus", name="reduce")(squeeze))
+    x = kl.Multiply(name="gate")([x, excite])
+    x = kl.Conv2D(8, 3, strides=2, activation=lambda t: keras.activations.gelu(t, approximate=True),
+                  name="strided")(x)
+    x = kl.GlobalAveragePooling2D(name="gap")(x)
+    return keras.Model(inputs, kl.Dense(5, activation="softmax", name="probabilities")(x))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_batched_pass_equals_the_parallel_for_pass_on_modern_ops(method, monkeypatch):
+    """Every layer of the modern zoo goes through the batched pass, and gives what TensorFlow's own
+    gradient machinery (with the same rules) gives per item."""
+    from tf_cnnvis import compute
+    from tf_cnnvis import rebuild as rebuild_module
+    from tf_cnnvis.feeds import resolve_feed
+    from tf_cnnvis.layers import select_layers
+
+    model = load_model(modern_zoo_model())
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 20, 20, 3)).astype(np.float32)
+    real = rebuild_module.batched_gradient
+    unbatched = []
+
+    def watched(top, *args):
+        result = real(top, *args)
+        if result is None:
+            unbatched.append(top.name)
+        return result
+
+    def results():
+        rebuilt = rebuild_module.rebuild(model, method)
+        feed = resolve_feed(model, rebuilt.graph, x, None)
+        layers = select_layers(rebuilt.graph, model, ["overlapping_pool", "layernorm", "pointwise", "grouped",
+                                                      "depthwise", "gate", "strided", "probabilities"])
+        values = compute.activations(rebuilt, feed, layers)
+        out = {(layer.name, target): compute.reconstruct(rebuilt, feed, layer, target=target, channels=[1, 2],
+                                                         layer_values=values[layer.tensor], crop=False)
+               for layer in layers for target in ("map", "unit")}
+        rebuild_module.clear_cache()
+        return out
+
+    monkeypatch.setattr(rebuild_module, "batched_gradient", watched)
+    batched = results()
+    assert len(batched) == 2 * 8 and unbatched == []
+    monkeypatch.setattr(rebuild_module, "batched_gradient", lambda *args: None)
+    per_item = results()
+    for key, expected in per_item.items():
+        assert np.abs(expected).max() > 0, key
+        assert_reordered_close(batched[key], expected, err_msg=str(key))
+
+
+# ---------------------------------------------------------------------- function calls
+
+def test_keras_grouped_convolutions_are_ordinary_layers_of_the_frozen_graph():
+    """Keras runs Conv2D(groups=...) in a function marked for XLA, which freezing leaves as a call;
+    the frozen graph holds the convolution itself, named after its layer, with the model's gradient."""
+    import keras
+    from keras import layers as kl
+
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((10, 10, 4), name="image")
+    x = kl.Conv2D(8, 3, padding="same", groups=4, activation="gelu", name="grouped")(inputs)
+    x = kl.Conv2D(8, 5, padding="same", groups=8, name="depthwise_like")(x)  # ConvNeXt's 7x7 "depthwise"
+    model = keras.Model(inputs, x)
+    frozen = load_model(model)
+    assert not any(node.op.endswith("PartitionedCall") for node in frozen.graph_def.node)
+    assert len(frozen.graph_def.library.function) == 0
+    rows = tf_cnnvis.list_layers(frozen)
+    assert [(row.name, row.kind) for row in rows] == [
+        ("grouped/conv", "conv"), ("grouped", "relu"), ("depthwise_like/conv", "conv")]
+    x = np.random.default_rng(0).normal(size=(1, 10, 10, 4)).astype(np.float32)
+    result = tf_cnnvis.deconv_visualization(frozen, x, layers=["depthwise_like"], method="gradient",
+                                            channels=[0, 7], path_outdir=None, path_logdir=None)
+    assert_reordered_close(result.arrays["depthwise_like"]["gradient"][0],
+                           tape_gradients(model, "depthwise_like", x, [0, 7]))
+
+
+def test_a_call_that_cannot_be_inlined_is_named_in_a_model_load_error():
+    from tf_cnnvis.errors import ModelLoadError
+
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.nn.relu(tf.compat.v1.placeholder(tf.float32, [None, 4, 4, 1], name="x"), name="r")
+    graph_def = graph.as_graph_def()
+    call = graph_def.node.add(name="mystery", op="PartitionedCall", input=["r"])
+    call.attr["f"].func.name = "not_in_the_library"
+    call.attr["Tin"].list.type.append(tf.float32.as_datatype_enum)
+    call.attr["Tout"].list.type.append(tf.float32.as_datatype_enum)
+    with pytest.raises(ModelLoadError, match=r"'mystery'.*not_in_the_library"):
+        load_model(graph_def)  # the graph's check finds it first
+    with pytest.raises(ModelLoadError, match=r"cannot inline op 'mystery' \(PartitionedCall\).*not_in_the_library"):
+        inline_function_calls(graph_def, "a graph")
+
+
+def test_calls_nested_in_a_graph_are_inlined_with_their_custom_gradients():
+    """A GraphDef that still holds calls (a function calling a function that applies tf.nn.silu)
+    is inlined at loading; the SiLU inside stays a SiLU layer with its rule."""
+    @tf.function
+    def inner(x):
+        return tf.nn.silu(x)
+
+    @tf.function
+    def outer(x):
+        return inner(x) * 2.0
+
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, None, None, 1], name="x")
+        tf.identity(outer(x), name="out")
+    graph_def = graph.as_graph_def()
+    assert any(node.op.endswith("PartitionedCall") for node in graph_def.node)
+    frozen = load_model(graph_def)
+    assert not any(node.op.endswith("PartitionedCall") for node in frozen.graph_def.node)
+    rows = [row for row in tf_cnnvis.list_layers(frozen) if row.kind == "relu"]
+    assert [row.op_type for row in rows] == ["SiLU"]
+    values = X_LINE
+    result = reconstruct(frozen, {"x": values}, "out", "guided")
+    expected = 2.0 * np.maximum(SLOPES["SiLU"](values.ravel().astype(np.float64)), 0)
+    np.testing.assert_allclose(result[0, 0, 0, :, 0], expected, rtol=1e-5, atol=1e-6)

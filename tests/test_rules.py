@@ -492,8 +492,8 @@ def test_batched_backward_pass_equals_the_parallel_for_pass(method, monkeypatch)
 
 
 def test_batched_pass_refuses_ops_it_has_no_rule_for():
-    """An op without a batched rule (here an Erf and a strided-window max-pool) gives None, so the
-    caller falls back to parallel-for instead of broadcasting wrongly."""
+    """An op without a batched rule (here an Erf and a cumulative sum) gives None, so the caller
+    falls back to parallel-for instead of broadcasting wrongly."""
     from tf_cnnvis.backward import batched_gradient
     from tf_cnnvis.layers import depends_on_inputs
 
@@ -501,7 +501,7 @@ def test_batched_pass_refuses_ops_it_has_no_rule_for():
     with graph.as_default():
         x = tf.compat.v1.placeholder(tf.float32, [1, 6, 6, 2], name="x")
         soft = tf.math.erf(x)
-        overlapping = tf.nn.max_pool2d(tf.nn.relu(x), 3, 1, "VALID")
+        overlapping = tf.math.cumsum(tf.nn.relu(x), axis=1)
         fine = tf.nn.relu(x)
         dependent = depends_on_inputs(graph, ["x:0"])
         for top in (soft, overlapping):

@@ -53,7 +53,12 @@ def batched_gradient(top, seeds, image, method: str, dependent: set[str], kinds=
     path = backward_path(top, image, dependent, kinds)
     if path is None:
         return None
-    steps = {op.name: _Step(op, kinds.get(op.name, op.type), method, _moving(op, dependent)) for op in path}
+    readers: dict[str, list[str]] = {}
+    for op in path:
+        for tensor in op.inputs:
+            readers.setdefault(tensor.op.name, []).append(op.type)
+    steps = {op.name: _Step(op, kinds.get(op.name, op.type), method, _moving(op, dependent),
+                            tuple(readers.get(op.name, ()))) for op in path}
     if not all(_batchable(step) for step in steps.values()):
         return None
     consumers = {}
@@ -115,6 +120,7 @@ class _Step:
     kind: str  # the op's type, or "PReLUNegative" for the negative branch of a PReLU
     method: str
     moving: list[int]  # indices of the inputs that carry a gradient (see _moving)
+    readers: tuple = ()  # the types of the ops of the path that read its outputs
 
 
 class _Handler(NamedTuple):
@@ -136,7 +142,7 @@ def _relu_below(op, top, steps, consumers):
     test). Only when the max-pool is the ReLU's one consumer on the path:
     the ReLU then gets no gradient from elsewhere.
     """
-    if op.type != "MaxPool":
+    if op.type != "MaxPool" or not Switches.applies(op):
         return None
     relu = op.inputs[0].op
     below = steps.get(relu.name)
@@ -171,9 +177,8 @@ def _first_output_passes(step: _Step) -> bool:
     return 0 in step.moving
 
 
-def _windows_tile(step: _Step) -> bool:
-    """A max-pool whose windows tile the input: it has switches."""
-    return Switches.applies(step.op)
+def _nhwc_pool(step: _Step) -> bool:
+    return step.moving == [0] and step.op.get_attr("data_format") == b"NHWC"
 
 
 def _broadcasts_per_item(step: _Step) -> bool:
@@ -198,8 +203,50 @@ def _concat_off_batch(step: _Step) -> bool:
     return axis is not None and rank is not None and int(axis) % rank != 0
 
 
-def _reshape_keeps_batch(step: _Step) -> bool:
-    return step.moving == [0] and _keeps_batch(step.op)
+def _reshape_keeps_items_apart(step: _Step) -> bool:
+    """A Reshape that keeps the batch axis, or one of a ``Tensordot``'s around its MatMul.
+
+    Keras's Dense on a map (ConvNeXt's per-position layers) is a Tensordot:
+    the map is reshaped to rows ``(N * H * W, C)``, multiplied by the kernel
+    and reshaped back. With the forward pass at batch 1, a batch of items
+    there is ``B * H * W`` rows, item after item, which only the MatMul
+    (row by row) sees; each Reshape's step reshapes the gradient to its
+    input's shape with ``-1`` in front.
+    """
+    op = step.op
+    if step.moving != [0]:
+        return False
+    if _keeps_batch(op):
+        return True
+    before, after = op.inputs[0].shape.rank, op.outputs[0].shape.rank
+    if before is not None and before >= 3 and after == 2:  # into rows: only MatMuls may read them
+        return all(reader == "MatMul" for reader in step.readers)
+    source = op.inputs[0].op  # out of rows: from a MatMul of rows made by the Reshape above
+    rows = source.inputs[0] if source.type == "MatMul" else None
+    return (before == 2 and after is not None and after >= 3 and rows is not None and rows.op.type == "Reshape"
+            and rows.shape.rank == 2 and rows.op.inputs[0].shape.rank is not None
+            and rows.op.inputs[0].shape.rank >= 3)
+
+
+def _transpose_keeps_batch(step: _Step) -> bool:
+    perm = tf.get_static_value(step.op.inputs[1])
+    return step.moving == [0] and perm is not None and int(perm[0]) == 0
+
+
+def _slice_keeps_batch(step: _Step) -> bool:
+    """A StridedSlice (Keras's Cropping2D) that takes every item whole along the batch axis."""
+    op = step.op
+    begin, end, strides = (tf.get_static_value(t) for t in op.inputs[1:4])
+    if step.moving != [0] or begin is None or end is None or strides is None or len(strides) == 0:
+        return False
+    if op.get_attr("ellipsis_mask") or op.get_attr("new_axis_mask") or op.get_attr("shrink_axis_mask") & 1:
+        return False
+    return int(strides[0]) == 1 and (op.get_attr("begin_mask") & 1 or int(begin[0]) == 0) \
+        and bool(op.get_attr("end_mask") & 1)
+
+
+def _softmax_last_axis(step: _Step) -> bool:
+    return step.moving == [0]
 
 
 def _matmul_by_weight(step: _Step) -> bool:
@@ -273,6 +320,58 @@ def _tanh(step: _Step, grad):
     return {0: grad * (1 - y * y)}
 
 
+def _max_pool(step: _Step, grad):
+    """Max-pool backward: the switches' select where windows tile the input, else TensorFlow's
+    MaxPoolGrad on the forward values repeated for each item (overlapping windows)."""
+    op = step.op
+    if Switches.applies(op):
+        return _method_rule(step, grad)
+    x, y = op.inputs[0], op.outputs[0]
+    items = tf.concat([tf.shape(grad)[:1], tf.ones([x.shape.rank - 1], tf.int32)], 0)
+    return {0: tf.raw_ops.MaxPoolGrad(orig_input=tf.tile(x, items), orig_output=tf.tile(y, items), grad=grad,
+                                      ksize=op.get_attr("ksize"), strides=op.get_attr("strides"),
+                                      padding=op.get_attr("padding"), data_format=op.get_attr("data_format"))}
+
+
+def _negate(step: _Step, grad):
+    return {0: -grad}
+
+
+def _rsqrt(step: _Step, grad):
+    """No method changes it: the derivative, from the forward output (LayerNormalization's scale)."""
+    y = step.op.outputs[0]
+    return {0: grad * (-0.5 * y * y * y)}
+
+
+def _squared_difference(step: _Step, grad):
+    op = step.op
+    difference = 2 * (op.inputs[0] - op.inputs[1])
+    return {i: _to_shape_of(grad * difference if i == 0 else -grad * difference, op.inputs[i], op.inputs[1 - i],
+                            op.outputs[0]) for i in step.moving}
+
+
+def _no_gradient(step: _Step, grad):
+    return {}
+
+
+def _transpose_back(step: _Step, grad):
+    return {0: tf.transpose(grad, tf.math.invert_permutation(step.op.inputs[1]))}
+
+
+def _unslice(step: _Step, grad):
+    op = step.op
+    masks = {name: op.get_attr(name) for name in
+             ("begin_mask", "end_mask", "ellipsis_mask", "new_axis_mask", "shrink_axis_mask")}
+    return {0: tf.raw_ops.StridedSliceGrad(shape=sizes_of_batch(op.inputs[0], grad), begin=op.inputs[1],
+                                           end=op.inputs[2], strides=op.inputs[3], dy=grad, **masks)}
+
+
+def _softmax(step: _Step, grad):
+    """No method changes it: ``y * (g - sum(g * y))`` over the last axis, from the forward output."""
+    y = step.op.outputs[0]
+    return {0: y * (grad - tf.reduce_sum(grad * y, axis=-1, keepdims=True))}
+
+
 def _avg_pool(step: _Step, grad):
     op = step.op
     return {0: tf.raw_ops.AvgPoolGrad(orig_input_shape=sizes_of_batch(op.inputs[0], grad), grad=grad,
@@ -305,7 +404,8 @@ def _split(step: _Step, grad):
 
 
 def _reshape_back(step: _Step, grad):
-    return {0: tf.reshape(grad, sizes_of_batch(step.op.inputs[0], grad))}
+    x = step.op.inputs[0]
+    return {0: tf.reshape(grad, tf.concat([[-1], tf.shape(x)[1:]], 0))}
 
 
 def _matmul(step: _Step, grad):
@@ -382,7 +482,7 @@ _HANDLERS = {
     # Mish, Softplus (tf_cnnvis.activation_functions.FUNCTIONS).
     **{function: _Handler(_activation_input_moves, _activation_rule) for function in FUNCTIONS},
     "IdentityN": _Handler(_first_output_passes, _pass_through),
-    "MaxPool": _Handler(_windows_tile, _method_rule),
+    "MaxPool": _Handler(_nhwc_pool, _max_pool),
     "Conv2D": _Handler(_first_input_moves, _method_rule),
     "DepthwiseConv2dNative": _Handler(_first_input_moves, _depthwise_conv),
     "AvgPool": _Handler(_first_input_moves, _avg_pool),
@@ -391,7 +491,14 @@ _HANDLERS = {
     **dict.fromkeys(("Add", "AddV2", "Sub", "Mul", "RealDiv"), _Handler(_broadcasts_per_item, _arithmetic)),
     **dict.fromkeys(("Pad", "PadV2"), _Handler(_pads_no_batch, _unpad)),
     "ConcatV2": _Handler(_concat_off_batch, _split),
-    "Reshape": _Handler(_reshape_keeps_batch, _reshape_back),
+    "Reshape": _Handler(_reshape_keeps_items_apart, _reshape_back),
+    "Transpose": _Handler(_transpose_keeps_batch, _transpose_back),
+    "StridedSlice": _Handler(_slice_keeps_batch, _unslice),
+    "Neg": _Handler(_first_input_moves, _negate),
+    "Rsqrt": _Handler(_first_input_moves, _rsqrt),
+    "SquaredDifference": _Handler(_broadcasts_per_item, _squared_difference),
+    "StopGradient": _Handler(_first_input_moves, _no_gradient),
+    "Softmax": _Handler(_softmax_last_axis, _softmax),
     "MatMul": _Handler(_matmul_by_weight, _matmul),
     "Mean": _Handler(_mean_off_batch, _mean),
 }

@@ -26,6 +26,7 @@ from google.protobuf import message as protobuf_message
 from google.protobuf import text_format
 
 from tf_cnnvis.errors import ModelLoadError, ModelNotFoundError, UntrustedModelError
+from tf_cnnvis.inlining import inline_function_calls
 
 logger = logging.getLogger("tf_cnnvis")
 
@@ -652,7 +653,9 @@ def _freeze_concrete_function(concrete, description: str) -> FrozenModel:
         frozen = convert_variables_to_constants_v2(concrete)
     except Exception as error:  # noqa: BLE001
         raise ModelLoadError(f"cannot freeze {description}: {error}") from error
-    graph_def = frozen.graph.as_graph_def()
+    # Freezing leaves calls of functions Grappler will not inline (Keras's grouped
+    # convolutions run in one marked for XLA); their ops must be the graph's own.
+    graph_def = inline_function_calls(frozen.graph.as_graph_def(), description)
     inputs = tuple(t.name for t in frozen.inputs if t.dtype != tf.resource)
     aliases = {}
     for tensor_name in inputs:
@@ -739,6 +742,7 @@ def _freeze_graph_def(graph_def, description: str, check: bool = True, content_s
             "tf.compat.v1.Session that owns them")
     if check:
         check_graph_def(graph_def, description, content_sizes)
+    graph_def = inline_function_calls(graph_def, description)
     names = set(_forward_node_names(graph_def))
     pruned = tf.compat.v1.GraphDef()
     pruned.versions.CopyFrom(graph_def.versions)
