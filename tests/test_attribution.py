@@ -739,11 +739,20 @@ def test_bad_input_is_refused_before_anything_is_written(options, error, needles
     assert not out.exists() and not log.exists()
 
 
-def test_a_layer_that_does_not_feed_the_scores_and_images_that_are_not_images(tmp_path):
+def test_a_layer_that_does_not_feed_the_scores_several_outputs_and_images_that_are_not_images():
     images = np.zeros((1, 8, 8, 3), np.float32)
     with raises(OptionError, "layer 'side' does not feed the class scores"):
         attribute(side_branch_graph(), {"x": images}, layer="side")
     assert attribute(side_branch_graph(), {"x": images}).arrays["layer"] == "relu"  # the default ignores it
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3), name="image")
+    features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inputs))
+    two_outputs = keras.Model(inputs, [keras.layers.Dense(3, name="kind")(features),
+                                       keras.layers.Dense(5, activation="softmax", name="colour")(features)])
+    with raises(OptionError, "cannot tell which output holds the class scores", "pass output="):
+        attribute(two_outputs, images)
+    chosen = attribute(two_outputs, images, output="colour", classes=4)  # the softmax's logits
+    assert chosen.arrays["scores"].shape == (1, 5) and chosen.arrays["gradcam"].shape == (1, 1, 8, 8)
     with raises(FeedError, "float images (N, H, W, C)"):
         attribute(keras.Sequential([keras.Input((5,)), keras.layers.Dense(2)]), np.zeros((2, 5), np.float32),
                   method="saliency")

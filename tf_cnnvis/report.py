@@ -7,6 +7,7 @@ the entry functions write::
 
     <layer>/activations/[image_NNN/]grid_activation.png
     <layer>/deconvolution/<method>[_unit]/[image_NNN/]grid_image.png
+    <layer or input>/attribution/<method>/[image_NNN/]overlay_class_<name>.png, map_..., grid_attribution.png
     <layer>/.../channels/channel_NNNN.png
 
 and shows any other PNG under a layer folder too, grouped by its folder, so
