@@ -29,9 +29,11 @@ class VisualizationResult:
     """What a visualization computed and wrote. Always truthy.
 
     Attributes:
-        kind: ``"activations"``, ``"deconvolution"`` or ``"deepdream"``.
+        kind: ``"activations"``, ``"deconvolution"``, ``"deepdream"`` or ``"attribution"``.
         arrays: layer name -> raw values. Activations: the layer's output
             ``(N, H, W, C)``; reconstructions: ``{method: (N, C, H, W, 3)}``.
+            Attribution maps are keyed by method instead (see
+            :func:`tf_cnnvis.attribution_visualization`).
         layers: the LayerInfo rows that were visualized.
         paths: every file written, in order.
         logdir: the TensorBoard log folder written to (None if disabled).
