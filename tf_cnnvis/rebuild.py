@@ -173,6 +173,31 @@ class RebuiltGraph:
             self._assign_weights(weight_values(model.graph_def))
             self.model = model
 
+    def load_changed_weights(self, model: FrozenModel, changed: dict[str, np.ndarray]):
+        """Use ``model``, which differs from the model loaded now only in the weights ``changed``.
+
+        ``changed`` maps weight constant names to ``model``'s values; only
+        those are assigned (a sanity check's randomized copies change one
+        layer at a time). Get the graph with :func:`rebuild` of the model it
+        holds first, so that the rest is known to be loaded.
+        """
+        with self._lock:
+            if model is self.model:
+                return
+            placeholders, assigns = self.cached(("assign each weight",), self._build_assign_each)
+            names = sorted(changed)
+            self.session.run([assigns[name] for name in names], {placeholders[name]: changed[name] for name in names})
+            self.model = model
+
+    def _build_assign_each(self):
+        placeholders, assigns = {}, {}
+        with tf.name_scope("tf_cnnvis_assign_each"):
+            for name, value in weight_values(self.model.graph_def).items():
+                handle = self.tensor(tensor_name(name + _VARIABLE_SUFFIX))
+                placeholders[name] = tf.compat.v1.placeholder(handle.op.get_attr("dtype"), value.shape)
+                assigns[name] = tf.raw_ops.AssignVariableOp(resource=handle, value=placeholders[name])
+        return placeholders, assigns
+
     def _assign_weights(self, values: dict[str, np.ndarray]):
         if not values:
             return

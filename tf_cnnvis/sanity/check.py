@@ -14,6 +14,7 @@ the first file is written.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 
@@ -36,7 +37,7 @@ from tf_cnnvis.sanity import figures
 from tf_cnnvis.sanity.faithfulness import (Curves, baseline_images, check_baseline, check_score, check_steps,
                                            ranking, score_curves)
 from tf_cnnvis.sanity.maps import MapMaker, check_attribution_options, method_name, per_image_inputs
-from tf_cnnvis.sanity.measures import MEASURES, compare, display_normalize, reduce_maps
+from tf_cnnvis.sanity.measures import MEASURES, Reference, display_normalize, reduce_maps
 from tf_cnnvis.sanity.weights import Randomizer, select_weight_layers
 from tf_cnnvis.write import SummaryWriter, safe_names
 
@@ -71,12 +72,14 @@ class SanityResult(VisualizationResult):
         faithfulness: ``{method: {"fractions", "deletion", "insertion",
             "deletion_auc", "insertion_auc"}}``: mean curves over images and
             classes and their areas.
-        figures: ``{name: RGB uint8 array}``, the pictures written.
+        figures: ``{name: RGB uint8 array}``, the pictures (written, or
+            drawn when first asked for).
 
     ``arrays`` holds the details: ``"maps"`` and ``"abs_maps"`` ``{method:
     (steps + 1, N, K, H, W)}`` (signed and absolute), ``"independent_maps"``
-    ``{method: (layers, N, K, H, W)}``, ``"cascade"`` and ``"independent"``
-    ``{method: {measure: (steps, N, K)}}`` per image and class, ``"deletion"``
+    ``{method: (layers, N, K, H, W)}``, ``"cascade"`` ``{method: {measure:
+    (steps + 1, N, K)}}`` and ``"independent"`` (``(layers, N, K)``) per
+    image and class, ``"deletion"``
     and ``"insertion"`` ``{method: (N, K, points)}``, ``"fractions"``,
     ``"classes"``, ``"class_names"`` and ``"scores"`` (the class scores of
     the images).
@@ -88,7 +91,15 @@ class SanityResult(VisualizationResult):
     cascade: dict = dataclasses.field(default_factory=dict)
     independent: dict = dataclasses.field(default_factory=dict)
     faithfulness: dict = dataclasses.field(default_factory=dict)
-    figures: dict = dataclasses.field(default_factory=dict)
+    _figures: dict | None = dataclasses.field(default=None, repr=False)
+    _painter: object = dataclasses.field(default=None, repr=False, compare=False)
+
+    @property
+    def figures(self) -> dict:
+        """``{name: RGB uint8 array}``: the pictures (drawn on first use when none were written)."""
+        if self._figures is None:
+            self._figures = self._painter() if self._painter is not None else {}
+        return self._figures
 
     def passed(self, threshold: float = PASS_THRESHOLD) -> dict[str, bool]:
         """Per method: did its maps change once every chosen layer was randomized?
@@ -144,7 +155,12 @@ class _Setup:
     class_names: list
     logits: np.ndarray
     maker: MapMaker
-    folders: list
+
+    def folders(self) -> list[str]:
+        """Every layer name of the model: output folders are named over them all, as by the other entry functions."""
+        rebuilt = rebuild(self.model, "gradient")
+        return rebuilt.cached(("sanity layer names",), lambda: [info.name for info in layer_table(rebuilt.graph,
+                                                                                                     self.model)])
 
 
 def _setup(graph_or_path, value_feed_dict, methods, classes, input_tensor, sess_graph_path, labels, output,
@@ -186,11 +202,10 @@ def _setup(graph_or_path, value_feed_dict, methods, classes, input_tensor, sess_
         raise OptionError(f"target_channel={target_channel!r} needs target_layer (the layer whose channel the "
                           "reconstructions show); without it they show each image's class score")
     names = [[labels[index] if labels is not None else str(index) for index in row] for row in chosen.tolist()]
-    maker = MapMaker(methods=methods, feed=feed, classes=chosen, scores=scores, target_layer=target,
+    maker = MapMaker(methods=methods, feed=feed, classes=chosen, scores=scores, output=output, target_layer=target,
                      target_channel=target_channel, attribution_options=attribution_options,
                      memory_budget_mb=memory_budget_mb)
-    folders = [info.name for info in layer_table(rebuilt.graph, model)]
-    return _Setup(model, feed, scores, chosen, names, logits, maker, folders)
+    return _Setup(model, feed, scores, chosen, names, logits, maker)
 
 
 def _check_labels(labels):
@@ -218,6 +233,12 @@ def _class_scores(rebuilt, feed: Feed, scores: LayerInfo, images: np.ndarray, me
     in_chunks(count, compute.chunk_size(rebuilt, one, scores, images.shape[1:], memory_budget_mb, count),
               "the class scores", one_chunk)
     return np.asarray(logits, np.float32)
+
+
+def _writer(path_outdir, path_logdir, step, result, setup: _Setup) -> Writer:
+    """The call's writer (its folders made here: bad ones fail before the pictures are drawn)."""
+    names = setup.folders() if path_outdir is not None else []
+    return Writer(path_outdir, path_logdir, step, result, [_FOLDER_LAYER], names)
 
 
 def _check_flag(name: str, value) -> bool:
@@ -325,18 +346,28 @@ def sanity_check(graph_or_path=None, value_feed_dict=None, methods=None, classes
         original = maker(setup.model, bar.update)  # the methods' own errors come before any file
         result = SanityResult("sanity", methods=names, randomized=[layer.name for layer in cascade_layers],
                               classes=setup.classes.copy())
-        writer = Writer(path_outdir, path_logdir, step, result, [_FOLDER_LAYER], setup.folders)
+        writer = _writer(path_outdir, path_logdir, step, result, setup)
         randomizer = Randomizer(setup.model, seed, randomization)
         spatial = 2  # (N, K) before (H, W)
         reduced = {name: reduce_maps(original[name], spatial) for name in names}
+        references = {name: Reference(*reduced[name]) for name in names}
         maps = {name: [reduced[name]] for name in names}
         cascade_scores = {name: {measure: [np.ones(setup.classes.shape)] for measure in MEASURES} for name in names}
+        previous, randomized = setup.model, []
+
+        def randomize(layers):  # the copy with ``layers`` randomized, its weights assigned where they changed
+            nonlocal previous, randomized
+            model = randomizer.model_with(layers)
+            maker.switch(previous, model, randomizer.changes(randomized, layers))
+            previous, randomized = model, list(layers)
+            return model
+
         for depth in range(1, len(cascade_layers) + 1):
-            values = maker(randomizer.model_with(cascade_layers[:depth]), bar.update)
+            values = maker(randomize(cascade_layers[:depth]), bar.update)
             for name in names:
                 pair = reduce_maps(values[name], spatial)
                 maps[name].append(pair)
-                for measure, value in compare(reduced[name], pair).items():
+                for measure, value in references[name].compare(*pair).items():
                     cascade_scores[name][measure].append(value)
             logger.info("sanity check: %d of %d layer(s) randomized (%s)", depth, len(cascade_layers),
                         cascade_layers[depth - 1].name)
@@ -345,11 +376,11 @@ def sanity_check(graph_or_path=None, value_feed_dict=None, methods=None, classes
             independent_scores = {name: {measure: [] for measure in MEASURES} for name in names}
             independent_maps = {name: [] for name in names}
             for layer in chosen:
-                values = maker(randomizer.model_with([layer]), bar.update)
+                values = maker(randomize([layer]), bar.update)
                 for name in names:
                     pair = reduce_maps(values[name], spatial)
                     independent_maps[name].append(pair[0].astype(np.float32))
-                    for measure, value in compare(reduced[name], pair).items():
+                    for measure, value in references[name].compare(*pair).items():
                         independent_scores[name][measure].append(value)
     finally:
         bar.close()
@@ -371,7 +402,7 @@ def sanity_check(graph_or_path=None, value_feed_dict=None, methods=None, classes
         curves = _faithfulness(setup, {name: reduced[name] for name in names}, [], baselines, deletion_steps,
                                score, memory_budget_mb)
         _keep_curves(result, curves)
-    _draw(result, setup, chosen if independent else [], deprocess)
+    result._painter = functools.partial(_draw, result, setup, chosen if independent else [], deprocess)
     _write(result, writer, setup, path_logdir, step)
     for row in result.summary():
         logger.info("sanity check: %s", row)
@@ -433,13 +464,13 @@ def deletion_insertion(graph_or_path=None, value_feed_dict=None, methods=None, c
     finally:
         bar.close()
     result = SanityResult("faithfulness", methods=names, classes=setup.classes.copy())
-    writer = Writer(path_outdir, path_logdir, step, result, [_FOLDER_LAYER], setup.folders)
+    writer = _writer(path_outdir, path_logdir, step, result, setup)
     reduced = {name: reduce_maps(values, 2) for name, values in original.items()}
     reduced.update({name: (values, np.abs(values)) for name, values in given.items()})
     curves = _faithfulness(setup, reduced, list(given), baselines, steps, score, memory_budget_mb, progress)
     _keep_curves(result, curves)
     result.arrays.update(classes=setup.classes.copy(), class_names=setup.class_names, scores=setup.logits)
-    _draw(result, setup, [], deprocess)
+    result._painter = functools.partial(_draw, result, setup, [], deprocess)
     _write(result, writer, setup, path_logdir, step)
     return result
 
@@ -494,8 +525,9 @@ def _keep_curves(result: SanityResult, curves: dict[str, Curves]):
 
 # --------------------------------------------------------------------------- pictures
 
-def _draw(result: SanityResult, setup: _Setup, independent_layers, deprocess):
-    """Fill ``result.figures``: cascade and independent pictures, similarity and deletion/insertion plots."""
+def _draw(result: SanityResult, setup: _Setup, independent_layers, deprocess) -> dict[str, np.ndarray]:
+    """The figures: cascade and independent pictures, similarity and deletion/insertion plots."""
+    drawn = {}
     images = setup.feed.images
     count, per_image = setup.classes.shape
     shown = {name: display_normalize(values) for name, values in result.arrays.get("abs_maps", {}).items()}
@@ -506,7 +538,7 @@ def _draw(result: SanityResult, setup: _Setup, independent_layers, deprocess):
             for k in range(per_image):
                 rows = [(name, [picture] + [figures.map_picture(shown[name][s, n, k]) for s in range(len(columns) - 1)])
                         for name in result.methods]
-                result.figures[_figure_name("cascade", n, k, setup)] = figures.labelled_grid(rows, columns)
+                drawn[_figure_name("cascade", n, k, setup)] = figures.labelled_grid(rows, columns)
     if independent_layers and "independent_maps" in result.arrays:
         columns = ["input", "original"] + [layer.name for layer in independent_layers]
         abs_independent = {name: display_normalize(np.abs(values)) for name, values in
@@ -517,15 +549,15 @@ def _draw(result: SanityResult, setup: _Setup, independent_layers, deprocess):
                 rows = [(name, [picture, figures.map_picture(shown[name][0, n, k])]
                          + [figures.map_picture(values[n, k]) for values in abs_independent[name]])
                         for name in result.methods]
-                result.figures[_figure_name("independent", n, k, setup)] = figures.labelled_grid(rows, columns)
+                drawn[_figure_name("independent", n, k, setup)] = figures.labelled_grid(rows, columns)
     if result.cascade:
         ticks = (np.arange(len(result.randomized) + 1), ["original"] + result.randomized)
-        result.figures["similarity_cascade"] = _similarity_plots(result.cascade, ticks,
+        drawn["similarity_cascade"] = _similarity_plots(result.cascade, ticks,
                                                                  "layers randomized, from the output (cascade)")
     if result.independent:
         names = [layer.name for layer in independent_layers]
         ticks = (np.arange(1, len(names) + 1), names)
-        result.figures["similarity_independent"] = _similarity_plots(
+        drawn["similarity_independent"] = _similarity_plots(
             {name: {m: values for m, values in table.items()} for name, table in result.independent.items()}, ticks,
             "the one layer randomized (independent)", start=1)
     if result.faithfulness:
@@ -537,7 +569,8 @@ def _draw(result: SanityResult, setup: _Setup, independent_layers, deprocess):
             panels.append(figures.line_plot(series, title, "% of pixels " + ("removed" if kind == "deletion"
                                                                              else "revealed"),
                                             "class score", y_range=None, size=(620, 380)))
-        result.figures["deletion_insertion"] = figures.side_by_side(panels, gap=12)
+        drawn["deletion_insertion"] = figures.side_by_side(panels, gap=12)
+    return drawn
 
 
 def _figure_name(kind: str, n: int, k: int, setup: _Setup) -> str:

@@ -28,7 +28,7 @@ import numpy as np
 
 from tf_cnnvis import compute
 from tf_cnnvis.attribution import attribution_visualization
-from tf_cnnvis.attribution.methods import variant_name
+from tf_cnnvis.attribution.methods import RULES, variant_name
 from tf_cnnvis.errors import OptionError
 from tf_cnnvis.feeds import Feed
 from tf_cnnvis.layers import LayerInfo
@@ -83,6 +83,7 @@ class MapMaker:
     feed: Feed
     classes: np.ndarray      # (N, K)
     scores: LayerInfo        # the class scores (N, classes)
+    output: str | None = None  # the user's name for them, if given (else the model's only output is found once)
     target_layer: LayerInfo | None = None
     target_channel: int | None = None
     attribution_options: dict = dataclasses.field(default_factory=dict)
@@ -106,11 +107,30 @@ class MapMaker:
                 progress(1)
         return {name: values[name] for name in self.names}
 
+    def rules(self) -> list[str]:
+        """The backward rules whose rebuilt graphs the named methods run in."""
+        rules = set()
+        for method in self.methods:
+            if isinstance(method, str):
+                rules.add(method if method in DECONVOLUTION_METHODS else "gradient")
+                rules.add(RULES.get(method, "gradient"))
+        return sorted(rules)
+
+    def switch(self, previous: FrozenModel, model: FrozenModel, changed: dict[str, np.ndarray]):
+        """Load ``model``, which differs from ``previous`` (the model computed last) in ``changed``, into the graphs.
+
+        Only the changed weights are assigned; :func:`rebuild` of ``previous``
+        first makes sure each graph holds it (a graph that holds anything
+        else gets all of ``previous``'s weights).
+        """
+        for rule in self.rules():
+            rebuild(previous, rule).load_changed_weights(model, changed)
+
     def _attributions(self, model: FrozenModel, methods: list[str]) -> dict[str, np.ndarray]:
         feed = {self.feed.input_name: self.feed.images, **self.feed.others}
         result = attribution_visualization(model, feed, classes=self.classes.tolist(), method=methods,
                                            input_tensor=self.feed.input_name, path_logdir=None, path_outdir=None,
-                                           output=self.scores.tensor, memory_budget_mb=self.memory_budget_mb,
+                                           output=self.output, memory_budget_mb=self.memory_budget_mb,
                                            **self.attribution_options)
         smooth = self.attribution_options.get("smooth")
         values = {}

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage, stats
 
-__all__ = ["MEASURES", "compare", "display_normalize", "reduce_maps", "spearman", "ssim"]
+__all__ = ["MEASURES", "Reference", "compare", "display_normalize", "reduce_maps", "spearman", "ssim"]
 
 MEASURES = ("spearman_abs", "spearman_signed", "ssim")
 DISPLAY_PERCENTILE = 99.0
@@ -43,20 +43,25 @@ def reduce_maps(values: np.ndarray, spatial_rank: int) -> tuple[np.ndarray, np.n
     return values, np.abs(values)
 
 
+def _centred_ranks(maps: np.ndarray) -> np.ndarray:
+    """Each map's ranks ``(P, H * W)`` (ties: their mean rank), minus their mean."""
+    flat = np.asarray(maps, np.float64).reshape(-1, maps.shape[-2] * maps.shape[-1])
+    ranks = stats.rankdata(flat, axis=1)
+    return ranks - ranks.mean(axis=1, keepdims=True)
+
+
+def _rank_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation of centred ranks, row by row (0 for a constant row against another, 1 for two)."""
+    norms = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
+    result = np.where(norms > 0, (a * b).sum(axis=1) / np.where(norms > 0, norms, 1), 0.0)
+    result = np.where((a == 0).all(axis=1) & (b == 0).all(axis=1), 1.0, result)
+    return np.clip(result, -1.0, 1.0)
+
+
 def spearman(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """Spearman's rank correlation of each pair of maps ``(..., H, W)`` (ties get their mean rank)."""
     first, second = np.broadcast_arrays(np.asarray(first, np.float64), np.asarray(second, np.float64))
-    shape = first.shape[:-2]
-    a = stats.rankdata(first.reshape(-1, first.shape[-2] * first.shape[-1]), axis=1)
-    b = stats.rankdata(second.reshape(a.shape), axis=1)
-    a -= a.mean(axis=1, keepdims=True)
-    b -= b.mean(axis=1, keepdims=True)
-    norms = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
-    flat_a = (a == 0).all(axis=1)
-    flat_b = (b == 0).all(axis=1)
-    result = np.where(norms > 0, (a * b).sum(axis=1) / np.where(norms > 0, norms, 1), 0.0)
-    result = np.where(flat_a & flat_b, 1.0, result)
-    return np.clip(result, -1.0, 1.0).reshape(shape)
+    return _rank_correlation(_centred_ranks(first), _centred_ranks(second)).reshape(first.shape[:-2])
 
 
 def display_normalize(maps: np.ndarray, percentile: float = DISPLAY_PERCENTILE) -> np.ndarray:
@@ -107,10 +112,22 @@ def ssim(first: np.ndarray, second: np.ndarray, data_range: float = 1.0) -> np.n
     return local.mean(axis=(1, 2)).reshape(shape)
 
 
+class Reference:
+    """The original maps of one method, prepared once for every comparison: ranks and displayed maps."""
+
+    def __init__(self, signed: np.ndarray, absolute: np.ndarray):
+        self.shape = signed.shape[:-2]
+        self.signed_ranks = _centred_ranks(signed)
+        self.abs_ranks = _centred_ranks(absolute)
+        self.shown = display_normalize(absolute)
+
+    def compare(self, signed: np.ndarray, absolute: np.ndarray) -> dict[str, np.ndarray]:
+        """Each measure of :data:`MEASURES` between the original maps and these, per map ``(...)``."""
+        return {"spearman_abs": _rank_correlation(self.abs_ranks, _centred_ranks(absolute)).reshape(self.shape),
+                "spearman_signed": _rank_correlation(self.signed_ranks, _centred_ranks(signed)).reshape(self.shape),
+                "ssim": ssim(self.shown, display_normalize(absolute))}
+
+
 def compare(original: tuple[np.ndarray, np.ndarray], other: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
     """Each measure of :data:`MEASURES` between (signed, absolute) map pairs ``(..., H, W)``, per pair."""
-    signed_a, abs_a = original
-    signed_b, abs_b = other
-    return {"spearman_abs": spearman(abs_a, abs_b),
-            "spearman_signed": spearman(signed_a, signed_b),
-            "ssim": ssim(display_normalize(abs_a), display_normalize(abs_b))}
+    return Reference(*original).compare(*other)

@@ -255,6 +255,18 @@ class Randomizer:
             self._drawn[layer.name] = random_values(self.values, layer, self.seed, self.how)
         return self._drawn[layer.name]
 
+    def changes(self, before, after) -> dict[str, np.ndarray]:
+        """The weights that differ between the copies with ``before`` and ``after`` randomized (``after``'s)."""
+        before, after = {layer.name: layer for layer in before}, {layer.name: layer for layer in after}
+        changed = {}
+        for name, layer in before.items():
+            if name not in after:
+                changed.update({weight: self.values[weight] for weight in layer.weights})
+        for name, layer in after.items():
+            if name not in before:
+                changed.update(self.layer_values(layer))
+        return changed
+
     def model_with(self, layers) -> FrozenModel:
         """A copy of the model with the weights of ``layers`` randomized."""
         graph_def = tf.compat.v1.GraphDef()
