@@ -294,6 +294,7 @@ def _scan_calls(step, strategy, image_dtype, image_shape):
 
         def one_batch(written, exhausted, arrays):
             optional = iterator.get_next_as_optional()
+            found = optional.has_value()
 
             def keep():
                 index, images = optional.get_value()
@@ -301,8 +302,8 @@ def _scan_calls(step, strategy, image_dtype, image_shape):
                 values = [local(index), local(images)] + [local(part) for pair in outputs for part in pair]
                 return [array.write(written, value) for array, value in zip(arrays, values)]
 
-            arrays = tf.cond(optional.has_value(), keep, lambda: arrays)
-            return written + tf.cast(optional.has_value(), tf.int32), tf.logical_not(optional.has_value()), arrays
+            arrays = tf.cond(found, keep, lambda: arrays)
+            return written + tf.cast(found, tf.int32), tf.logical_not(found), arrays
 
         written, exhausted, arrays = tf.while_loop(more, one_batch, [tf.constant(0), tf.constant(False), arrays])
         nothing = (state, tf.constant(0, tf.int64), tf.zeros([0], tf.int64),
@@ -316,20 +317,22 @@ def _scan_calls(step, strategy, image_dtype, image_shape):
 _scans: dict[tuple, object] = {}
 
 
-def _distributed_scan(frozen, input_name, layers, fixed, columns, strategy, jit_compile, image_spec):
+def _distributed_scan(frozen, input_name, layers, fixed, columns, strategy, jit_compile, images):
     """The compiled scan, traced once per model, layers, channels, strategy and image shape.
 
-    Kept (one entry) so that repeated scans of one model do not trace and
-    compile again.
+    ``images`` is the dataset's ``TensorSpec`` of an image batch. Kept (one
+    entry) so that repeated scans of one model do not trace and compile
+    again.
     """
+    shape = tuple(images.shape[1:])
     key = (frozen.fingerprint, input_name, tuple(layer.tensor for layer in layers),
            tuple((name, value.tobytes()) for name, value in sorted(fixed.items())),
            tuple(None if c is None else c.tobytes() for c in columns), id(strategy), bool(jit_compile),
-           image_spec.dtype, tuple(image_spec.shape[1:]))
+           images.dtype, shape)
     if key not in _scans:
         step = _forward_step(frozen, input_name, layers, fixed, columns, jit_compile)
         _scans.clear()
-        _scans[key] = (strategy, _scan_calls(step, strategy, image_spec.dtype, tuple(image_spec.shape[1:])))
+        _scans[key] = (strategy, _scan_calls(step, strategy, images.dtype, shape))
     return _scans[key][1]
 
 
