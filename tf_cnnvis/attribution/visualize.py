@@ -134,7 +134,8 @@ def attribution_visualization(graph_or_path=None, value_feed_dict=None, classes=
     shown = list(dict.fromkeys(where.values()))
     result = VisualizationResult("attribution", layers=shown)
     # Folders are named over all the model's layers, as by the other entry functions (listed once per graph).
-    names = rebuilt.cached(("attribution layer names",), lambda: [info.name for info in layer_table(rebuilt.graph, model)])
+    names = rebuilt.cached(("attribution layer names",),
+                           lambda: [info.name for info in layer_table(rebuilt.graph, model)])
     writer = Writer(path_outdir, path_logdir, step, result, shown, names)  # bad folders fail before the work
     bar = progress_bar(progress, _item_count(methods, chosen, settings, cam, (height, width)), "attribution")
     job = Job(model=model, feed=feed, scores=scores, classes=chosen, layer=cam, settings=settings,
