@@ -510,19 +510,26 @@ def _run_deconv(args, out):
     return _finish(result, args, out, outdir, logdir)
 
 
-def _run_deepdream(args, out):
-    from tf_cnnvis.deepdream import deepdream_visualization
+def _labels_and_classes(args, builtin):
+    """--labels (the emotion model's own by default) and --classes, indices as ints."""
     from tf_cnnvis.models import EMOTION_LABELS
-    from tf_cnnvis.progress import progress_bar
 
-    model, builtin, images = _model_and_images(args)
-    _, value_range, deprocess = _preprocessing(args.preprocess, builtin)
     labels = args.labels
     if labels is None and builtin == "emotion":
         labels = list(EMOTION_LABELS)
     classes = None
     if args.classes is not None:
         classes = [int(item) if item.isdigit() else item for item in args.classes]
+    return labels, classes
+
+
+def _run_deepdream(args, out):
+    from tf_cnnvis.deepdream import deepdream_visualization
+    from tf_cnnvis.progress import progress_bar
+
+    model, builtin, images = _model_and_images(args)
+    _, value_range, deprocess = _preprocessing(args.preprocess, builtin)
+    labels, classes = _labels_and_classes(args, builtin)
     outdir, logdir = _folders(args)
     with progress_bar(not args.quiet, args.iterations * args.octaves, "deepdream") as bar:
         result = deepdream_visualization(
@@ -537,16 +544,10 @@ def _run_deepdream(args, out):
 
 def _run_attribution(args, out):
     from tf_cnnvis.attribution import attribution_visualization
-    from tf_cnnvis.models import EMOTION_LABELS
 
     model, builtin, images = _model_and_images(args)
     _, _, deprocess = _preprocessing(args.preprocess, builtin)
-    labels = args.labels
-    if labels is None and builtin == "emotion":
-        labels = list(EMOTION_LABELS)
-    classes = None
-    if args.classes is not None:
-        classes = [int(item) if item.isdigit() else item for item in args.classes]
+    labels, classes = _labels_and_classes(args, builtin)
     outdir, logdir = _folders(args)
     result = attribution_visualization(
         model, _feed(args, images), classes, args.method, args.layer, args.input_tensor, logdir, outdir,
@@ -558,17 +559,11 @@ def _run_attribution(args, out):
 
 
 def _run_sanity(args, out):
-    from tf_cnnvis.models import EMOTION_LABELS
     from tf_cnnvis.sanity import sanity_check
 
     model, builtin, images = _model_and_images(args)
     _, _, deprocess = _preprocessing(args.preprocess, builtin)
-    labels = args.labels
-    if labels is None and builtin == "emotion":
-        labels = list(EMOTION_LABELS)
-    classes = None
-    if args.classes is not None:
-        classes = [int(item) if item.isdigit() else item for item in args.classes]
+    labels, classes = _labels_and_classes(args, builtin)
     outdir, logdir = _folders(args)
     options = {"steps": args.ig_steps}
     if args.layer is not None:
@@ -586,8 +581,8 @@ def _run_sanity(args, out):
         index = build_gallery(outdir)
     if not args.quiet:
         out.write(f"{len(result.randomized)} layer(s) randomized, from the output: {', '.join(result.randomized)}\n"
-                  f"{result.table()}\n'changes': with every layer randomized, Spearman (abs) and SSIM are below "
-                  "0.5\n")
+                  f"{result.table()}\nmean: over the cascade's steps; all: every layer randomized; changes: both "
+                  "means below 0.5 (the map follows the weights)\n")
         if outdir is not None:
             out.write(f"{len(result.paths)} PNG file(s) in {os.path.abspath(outdir)}\n")
         if index:
