@@ -32,8 +32,8 @@ import tensorflow as tf
 
 from tf_cnnvis.activation_functions import FUNCTIONS
 from tf_cnnvis.graph import ops_between
-from tf_cnnvis.rules import (RULES, Switches, activation_input_index, flipped_kernel, forward_part, pool_over_relu,
-                             sizes_of_batch, transposed_padding)
+from tf_cnnvis.rules import (RULES, Switches, activation_input_index, flipped_kernel, forward_part, item_shape,
+                             pool_over_relu, sizes_of_batch, transposed_padding)
 
 __all__ = ["backward_path", "batched_gradient", "channelwise_head", "seeds_below_head"]
 
@@ -57,8 +57,9 @@ def batched_gradient(top, seeds, image, method: str, dependent: set[str], kinds=
     for op in path:
         for tensor in op.inputs:
             readers.setdefault(tensor.op.name, []).append(op.type)
+    items = tf.shape(seeds)[:1]  # B, shared by every step's shapes
     steps = {op.name: _Step(op, kinds.get(op.name, op.type), method, _moving(op, dependent),
-                            tuple(readers.get(op.name, ()))) for op in path}
+                            tuple(readers.get(op.name, ())), items) for op in path}
     if not all(_batchable(step) for step in steps.values()):
         return None
     consumers = {}
@@ -80,7 +81,7 @@ def batched_gradient(top, seeds, image, method: str, dependent: set[str], kinds=
             pending.setdefault(op.inputs[index].name, []).append(value)
     reached = pending.get(image.name)
     if reached is None:
-        return tf.zeros(sizes_of_batch(image, seeds), image.dtype)
+        return tf.zeros(sizes_of_batch(image, seeds, items), image.dtype)
     return tf.add_n(reached) if len(reached) > 1 else reached[0]
 
 
@@ -121,6 +122,7 @@ class _Step:
     method: str
     moving: list[int]  # indices of the inputs that carry a gradient (see _moving)
     readers: tuple = ()  # the types of the ops of the path that read its outputs
+    items: tf.Tensor | None = None  # the batch size B as a one-element vector
 
 
 class _Handler(NamedTuple):
@@ -327,7 +329,7 @@ def _max_pool(step: _Step, grad):
     if Switches.applies(op):
         return _method_rule(step, grad)
     x, y = op.inputs[0], op.outputs[0]
-    items = tf.concat([tf.shape(grad)[:1], tf.ones([x.shape.rank - 1], tf.int32)], 0)
+    items = tf.concat([step.items, tf.ones([x.shape.rank - 1], tf.int32)], 0)
     return {0: tf.raw_ops.MaxPoolGrad(orig_input=tf.tile(x, items), orig_output=tf.tile(y, items), grad=grad,
                                       ksize=op.get_attr("ksize"), strides=op.get_attr("strides"),
                                       padding=op.get_attr("padding"), data_format=op.get_attr("data_format"))}
@@ -362,7 +364,7 @@ def _unslice(step: _Step, grad):
     op = step.op
     masks = {name: op.get_attr(name) for name in
              ("begin_mask", "end_mask", "ellipsis_mask", "new_axis_mask", "shrink_axis_mask")}
-    return {0: tf.raw_ops.StridedSliceGrad(shape=sizes_of_batch(op.inputs[0], grad), begin=op.inputs[1],
+    return {0: tf.raw_ops.StridedSliceGrad(shape=sizes_of_batch(op.inputs[0], grad, step.items), begin=op.inputs[1],
                                            end=op.inputs[2], strides=op.inputs[3], dy=grad, **masks)}
 
 
@@ -374,7 +376,7 @@ def _softmax(step: _Step, grad):
 
 def _avg_pool(step: _Step, grad):
     op = step.op
-    return {0: tf.raw_ops.AvgPoolGrad(orig_input_shape=sizes_of_batch(op.inputs[0], grad), grad=grad,
+    return {0: tf.raw_ops.AvgPoolGrad(orig_input_shape=sizes_of_batch(op.inputs[0], grad, step.items), grad=grad,
                                       ksize=op.get_attr("ksize"), strides=op.get_attr("strides"),
                                       padding=op.get_attr("padding"), data_format=op.get_attr("data_format"))}
 
@@ -382,7 +384,7 @@ def _avg_pool(step: _Step, grad):
 def _depthwise_conv(step: _Step, grad):
     op = step.op
     return {0: tf.raw_ops.DepthwiseConv2dNativeBackpropInput(
-        input_sizes=sizes_of_batch(op.inputs[0], grad), filter=op.inputs[1], out_backprop=grad,
+        input_sizes=sizes_of_batch(op.inputs[0], grad, step.items), filter=op.inputs[1], out_backprop=grad,
         strides=op.get_attr("strides"), padding=op.get_attr("padding"),
         explicit_paddings=op.get_attr("explicit_paddings"), data_format=op.get_attr("data_format"),
         dilations=op.get_attr("dilations"))}
@@ -391,7 +393,7 @@ def _depthwise_conv(step: _Step, grad):
 def _unpad(step: _Step, grad):
     op = step.op
     before = tf.get_static_value(op.inputs[1])[:, 0]
-    return {0: tf.slice(grad, before.astype(np.int32), sizes_of_batch(op.inputs[0], grad))}
+    return {0: tf.slice(grad, before.astype(np.int32), sizes_of_batch(op.inputs[0], grad, step.items))}
 
 
 def _split(step: _Step, grad):
@@ -399,13 +401,14 @@ def _split(step: _Step, grad):
     op = step.op
     axis = int(tf.get_static_value(op.inputs[-1])) % op.outputs[0].shape.rank
     values = op.inputs[:-1]
-    parts = tf.split(grad, tf.stack([tf.shape(t)[axis] for t in values]), axis=axis, num=len(values))
+    sizes = forward_part(op, lambda op: tf.stack([tf.shape(t)[axis] for t in values]), key=(op.name, "split"))
+    parts = tf.split(grad, sizes, axis=axis, num=len(values))
     return {i: parts[i] for i in step.moving}
 
 
 def _reshape_back(step: _Step, grad):
     x = step.op.inputs[0]
-    return {0: tf.reshape(grad, tf.concat([[-1], tf.shape(x)[1:]], 0))}
+    return {0: tf.reshape(grad, tf.concat([[-1], item_shape(x)], 0))}
 
 
 def _matmul(step: _Step, grad):
@@ -420,8 +423,9 @@ def _mean(step: _Step, grad):
     if not op.get_attr("keep_dims"):
         for axis in axes:  # ascending: each lands where the reduction removed it
             grad = tf.expand_dims(grad, axis)
-    count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), axes)), grad.dtype)
-    return {0: tf.broadcast_to(grad, sizes_of_batch(x, grad)) / count}
+    count = forward_part(op, lambda op: tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), axes)), x.dtype),
+                         key=(op.name, "count"))
+    return {0: tf.broadcast_to(grad, sizes_of_batch(x, grad, step.items)) / count}
 
 
 def _arithmetic(step: _Step, grad):
@@ -446,31 +450,33 @@ def _arithmetic(step: _Step, grad):
 def _to_shape_of(grad, tensor, other, out):
     """``grad`` (the batch, shaped like ``out``) summed down to ``tensor``'s shape per item.
 
-    ``out`` is ``tensor`` broadcast against ``other``. Where ``tensor`` has
-    the output's shape (a map plus a bias) that is ``grad`` itself; a
-    moving operand that the op broadcast (a statistic of shape ``(1, 1, 1,
-    C)`` scaling a map, say) gets the sum over the axes it was broadcast
-    along. The batch axis is kept.
-    """
-    if _has_shape_of_output(tensor, other, out):
-        return grad
-    axes, _ = tf.raw_ops.BroadcastGradientArgs(s0=tf.shape(tensor)[1:], s1=tf.shape(out)[1:])
-    return tf.reshape(tf.reduce_sum(grad, axes + 1), sizes_of_batch(tensor, grad))
-
-
-def _has_shape_of_output(tensor, other, out) -> bool:
-    """Whether broadcasting ``tensor`` against ``other`` left it as it was, axis by axis (batch aside).
-
-    An axis keeps ``tensor``'s size where ``other`` has size 1 there (or no
-    such axis), or where both sizes are known and equal the output's.
+    ``out`` is ``tensor`` broadcast against ``other``; ``tensor`` has the
+    output's rank (see ``_broadcasts_per_item``). Where ``tensor`` has the
+    output's shape (a map plus a bias) that is ``grad`` itself; a moving
+    operand that the op broadcast (a statistic of shape ``(1, 1, 1, C)``
+    scaling a map, say) gets the sum over the axes it was broadcast along.
+    The batch axis is kept. Decided from static shapes: an axis of size 1
+    against one that is not is summed; two unknown sizes are taken to be
+    equal (a map against a map: a size that is 1 only at run time would
+    have made the graph's own shapes mismatch); only an unknown size
+    against a known one above 1 is left to run time.
     """
     rank = out.shape.rank
     missing = rank - other.shape.rank
+    summed, at_run_time = [], False
     for axis in range(1, rank):
-        theirs = 1 if axis < missing else other.shape[axis - missing]
-        if theirs != 1 and (tensor.shape[axis] is None or tensor.shape[axis] != out.shape[axis]):
-            return False
-    return True
+        mine, theirs = tensor.shape[axis], 1 if axis < missing else other.shape[axis - missing]
+        if mine == 1 and out.shape[axis] != 1:
+            summed.append(axis)
+        elif mine is None and theirs not in (None, 1):
+            at_run_time = True
+    if at_run_time:
+        def axes(op):  # the axes ``tensor`` was broadcast along, batch axis left out
+            return tf.raw_ops.BroadcastGradientArgs(s0=tf.shape(tensor)[1:], s1=tf.shape(out)[1:])[0] + 1
+
+        grad = tf.reduce_sum(grad, forward_part(out.op, axes, key=(out.op.name, tensor.name, "broadcast axes")))
+        return tf.reshape(grad, tf.concat([[-1], item_shape(tensor)], 0))
+    return tf.reduce_sum(grad, summed, keepdims=True) if summed else grad
 
 
 # Every op type the batched pass goes through: (test, backward step).

@@ -334,9 +334,17 @@ def transposed_padding(op):
     return [[0, 0], *pads, [0, 0]]
 
 
-def sizes_of_batch(tensor, grad):
-    """``tensor``'s shape with the batch size of ``grad`` (a batch of items per image)."""
-    return tf.concat([tf.shape(grad)[:1], tf.shape(tensor)[1:]], 0)
+def item_shape(tensor):
+    """``tensor``'s shape without its batch axis (built once per graph that keeps forward parts)."""
+    return forward_part(tensor.op, lambda op: tf.shape(tensor)[1:], key=(tensor.name, "item shape"))
+
+
+def sizes_of_batch(tensor, grad, items=None):
+    """``tensor``'s shape with the batch size of ``grad`` (a batch of items per image).
+
+    ``items``: that batch size as a one-element vector, when the caller has it.
+    """
+    return tf.concat([tf.shape(grad)[:1] if items is None else items, item_shape(tensor)], 0)
 
 
 def conv_groups(op) -> int:
