@@ -165,6 +165,26 @@ def test_the_users_weights_stay_and_later_calls_see_them(pictures):
     assert_reordered_close(result.arrays["abs_maps"]["saliency"][0], plain.arrays["saliency_raw"].sum(axis=-1))
 
 
+def test_every_step_computes_with_exactly_its_randomized_weights(pictures):
+    """Steps assign only the weights that changed; the maps equal those of copies loaded whole afterwards."""
+    model = small_keras_model()
+    result = sanity_check(model, pictures, methods=["gradient_x_input"], faithfulness=False, seed=3, **NO_OUTPUT)
+    frozen = load_model(model)
+    layers = result.randomized
+    classes = result.arrays["classes"].tolist()
+
+    def whole(randomized):
+        copy = randomized_model(frozen, randomized, seed=3)
+        tf_cnnvis.rebuild.clear_cache()  # imported anew: every weight read from the copy's own graph
+        return tf_cnnvis.attribution_visualization(copy, pictures, classes=classes, method="gradient_x_input",
+                                                   **NO_OUTPUT).arrays["gradient_x_input"]
+
+    for depth in range(1, len(layers) + 1):
+        assert_reordered_close(result.arrays["maps"]["gradient_x_input"][depth], whole(layers[:depth]))
+    for place, layer in enumerate(layers):  # one layer alone: the one before it is back to its trained weights
+        assert_reordered_close(result.arrays["independent_maps"]["gradient_x_input"][place], whole([layer]))
+
+
 def test_weight_layers_run_from_the_output_and_group_a_layers_kernels():
     inputs = keras.Input((12, 12, 3))
     x = keras.layers.Conv2D(4, 3, name="first")(inputs)
@@ -332,7 +352,7 @@ def test_the_command_line_prints_the_table_and_writes_the_pictures(tmp_path, cap
     code = cli.main(["sanity", path, picture, "--method", "gradient", "--layers", "conv3", "--no-faithfulness",
                      "--no-outdir", "--no-logdir"])
     out = capsys.readouterr().out
-    assert code == 0 and "| method | Spearman abs |" in out and "| gradient |" in out and "conv3" in out
+    assert code == 0 and "| method | Spearman abs, mean |" in out and "| gradient |" in out and "conv3" in out
 
 
 def test_help_and_bad_methods_answer_without_loading_tensorflow():

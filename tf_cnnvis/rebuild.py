@@ -178,25 +178,19 @@ class RebuiltGraph:
 
         ``changed`` maps weight constant names to ``model``'s values; only
         those are assigned (a sanity check's randomized copies change one
-        layer at a time). Get the graph with :func:`rebuild` of the model it
-        holds first, so that the rest is known to be loaded.
+        layer at a time), each by an op of its own built on first use, so
+        any set of changes reuses what earlier ones built. Get the graph
+        with :func:`rebuild` of the model it holds first, so that the rest is
+        known to be loaded.
         """
         with self._lock:
             if model is self.model:
                 return
-            placeholders, assigns = self.cached(("assign each weight",), self._build_assign_each)
-            names = sorted(changed)
-            self.session.run([assigns[name] for name in names], {placeholders[name]: changed[name] for name in names})
+            for name in sorted(changed):
+                placeholder, assign = self.cached(("assign weight", name), lambda name=name: self._build_assign(
+                    {name: changed[name]}))
+                self.session.run(assign, {placeholder[name]: changed[name]})
             self.model = model
-
-    def _build_assign_each(self):
-        placeholders, assigns = {}, {}
-        with tf.name_scope("tf_cnnvis_assign_each"):
-            for name, value in weight_values(self.model.graph_def).items():
-                handle = self.tensor(tensor_name(name + _VARIABLE_SUFFIX))
-                placeholders[name] = tf.compat.v1.placeholder(handle.op.get_attr("dtype"), value.shape)
-                assigns[name] = tf.raw_ops.AssignVariableOp(resource=handle, value=placeholders[name])
-        return placeholders, assigns
 
     def _assign_weights(self, values: dict[str, np.ndarray]):
         if not values:

@@ -18,7 +18,7 @@ map that varies is 0, and with another constant map 1.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage, stats
+from scipy import ndimage
 
 __all__ = ["MEASURES", "Reference", "compare", "display_normalize", "reduce_maps", "spearman", "ssim"]
 
@@ -44,10 +44,26 @@ def reduce_maps(values: np.ndarray, spatial_rank: int) -> tuple[np.ndarray, np.n
 
 
 def _centred_ranks(maps: np.ndarray) -> np.ndarray:
-    """Each map's ranks ``(P, H * W)`` (ties: their mean rank), minus their mean."""
+    """Each map's ranks ``(P, H * W)`` (ties: their mean rank), minus their mean.
+
+    One sort per map; a run of equal values gets the mean of the places it
+    spans (what ``scipy.stats.rankdata`` calls ``'average'``), so the
+    sort's order among them does not matter.
+    """
     flat = np.asarray(maps, np.float64).reshape(-1, maps.shape[-2] * maps.shape[-1])
-    ranks = stats.rankdata(flat, axis=1)
-    return ranks - ranks.mean(axis=1, keepdims=True)
+    size = flat.shape[1]
+    order = np.argsort(flat, axis=1)
+    ordered = np.take_along_axis(flat, order, axis=1)
+    starts = np.ones(ordered.shape, bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    ends = np.ones(ordered.shape, bool)
+    ends[:, :-1] = starts[:, 1:]
+    places = np.broadcast_to(np.arange(size), ordered.shape)
+    first = np.maximum.accumulate(np.where(starts, places, 0), axis=1)
+    last = np.minimum.accumulate(np.where(ends, places, size - 1)[:, ::-1], axis=1)[:, ::-1]
+    ranks = np.empty(ordered.shape)
+    np.put_along_axis(ranks, order, (first + last) / 2 - (size - 1) / 2, axis=1)
+    return ranks
 
 
 def _rank_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
