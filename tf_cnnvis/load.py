@@ -617,6 +617,21 @@ def _map_keras_layers(model, graph_def) -> dict[str, str]:
     def matches(component: str, name: str) -> bool:
         return re.fullmatch(re.escape(name) + r"(_\d+)?", component) is not None
 
+    def names_matched(component: str) -> tuple:
+        """The names that ``matches(component, name)`` accepts: itself, and itself less one ``_<digits>``."""
+        stripped = re.fullmatch(r"(.+)_\d+", component)
+        return (component, stripped.group(1)) if stripped else (component,)
+
+    # Scope path -> the nodes under it, in graph order: each node is listed under every
+    # path its name's components match, so each layer costs one lookup, not a pass over the graph.
+    members_of: dict[tuple, list] = {}
+    for node in nodes:
+        paths = [()]
+        for component in node.name.split("/")[:-1]:
+            paths = [path + (name,) for path in paths for name in names_matched(component)]
+            for path in paths:
+                members_of.setdefault(path, []).append(node)
+
     table: dict[str, str] = {}
 
     def visit(container, scope: list[str], prefix: str):
@@ -624,10 +639,7 @@ def _map_keras_layers(model, graph_def) -> dict[str, str]:
             if type(layer).__name__ == "InputLayer":
                 continue
             path = scope + [layer.name]
-            depth = len(path)
-            members = [n for n in nodes
-                       if len(parts := n.name.split("/")) > depth
-                       and all(matches(parts[i], path[i]) for i in range(depth))]
+            members = members_of.get(tuple(path), [])
             member_names = {n.name for n in members}
             leaving = [n for n in members if n.op != "Const" and (
                 n.name in identity_outputs or consumers.get(n.name, set()) - member_names)]
