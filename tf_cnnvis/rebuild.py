@@ -142,6 +142,18 @@ def _seeds(act, index, kind: str):
     return seeds
 
 
+def _assign_ops(group) -> dict:
+    """The assignment ops a ``tf.group`` runs, by the name of the placeholder each assigns from."""
+    found, stack = {}, list(group.control_inputs)
+    while stack:
+        op = stack.pop()
+        if op.type == "AssignVariableOp":
+            found[op.inputs[1].op.name] = op
+        else:
+            stack.extend(op.control_inputs)
+    return found
+
+
 class RebuiltGraph:
     """A model imported once for one method, with its session and targets.
 
@@ -178,18 +190,19 @@ class RebuiltGraph:
 
         ``changed`` maps weight constant names to ``model``'s values; only
         those are assigned (a sanity check's randomized copies change one
-        layer at a time), each by an op of its own built on first use, so
-        any set of changes reuses what earlier ones built. Get the graph
-        with :func:`rebuild` of the model it holds first, so that the rest is
+        layer at a time), each by its own op of the assignment built at
+        import: nothing is added to the graph. Get the graph with
+        :func:`rebuild` of the model it holds first, so that the rest is
         known to be loaded.
         """
         with self._lock:
             if model is self.model:
                 return
+            placeholders, assign = self.cached(("assign weights",),
+                                               lambda: self._build_assign(weight_values(self.model.graph_def)))
+            each = self.cached(("assign each weight",), lambda: _assign_ops(assign))
             for name in sorted(changed):
-                placeholder, assign = self.cached(("assign weight", name), lambda name=name: self._build_assign(
-                    {name: changed[name]}))
-                self.session.run(assign, {placeholder[name]: changed[name]})
+                self.session.run(each[placeholders[name].op.name], {placeholders[name]: changed[name]})
             self.model = model
 
     def _assign_weights(self, values: dict[str, np.ndarray]):

@@ -247,6 +247,7 @@ class Randomizer:
         self.how = how
         self.values = weight_values(model.graph_def)
         self._drawn: dict[str, dict[str, np.ndarray]] = {}
+        self._protos: dict[str, dict] = {}
         self._index = {node.name: index for index, node in enumerate(model.graph_def.node)}
 
     def layer_values(self, layer: WeightLayer) -> dict[str, np.ndarray]:
@@ -254,6 +255,13 @@ class Randomizer:
         if layer.name not in self._drawn:
             self._drawn[layer.name] = random_values(self.values, layer, self.seed, self.how)
         return self._drawn[layer.name]
+
+    def _layer_protos(self, layer: WeightLayer) -> dict:
+        """The random values of ``layer`` as tensor protos, made once."""
+        if layer.name not in self._protos:
+            self._protos[layer.name] = {name: tf.make_tensor_proto(value)
+                                        for name, value in self.layer_values(layer).items()}
+        return self._protos[layer.name]
 
     def changes(self, before, after) -> dict[str, np.ndarray]:
         """The weights that differ between the copies with ``before`` and ``after`` randomized (``after``'s)."""
@@ -272,9 +280,8 @@ class Randomizer:
         graph_def = tf.compat.v1.GraphDef()
         graph_def.CopyFrom(self.model.graph_def)
         for layer in layers:
-            for name, value in self.layer_values(layer).items():
-                node = graph_def.node[self._index[name]]
-                node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
+            for name, proto in self._layer_protos(layer).items():
+                graph_def.node[self._index[name]].attr["value"].tensor.CopyFrom(proto)
         names = ", ".join(layer.name for layer in layers)
         return dataclasses.replace(self.model, graph_def=graph_def,
                                    source=f"{self.model.source} with {names} randomized ({self.how})")
