@@ -500,3 +500,23 @@ def test_calls_nested_in_a_graph_are_inlined_with_their_custom_gradients():
     result = reconstruct(frozen, {"x": values}, "out", "guided")
     expected = 2.0 * np.maximum(SLOPES["SiLU"](values.ravel().astype(np.float64)), 0)
     np.testing.assert_allclose(result[0, 0, 0, :, 0], expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kernel, multiplier, stride, padding", [
+    (3, 1, 1, "SAME"), (4, 1, 1, "SAME"), (2, 1, 1, "VALID"), (7, 1, 1, "SAME"), (3, 2, 1, "SAME"),
+    (3, 1, 2, "SAME")])
+def test_depthwise_backward_equals_tensorflows_gradient(kernel, multiplier, stride, padding):
+    """A stride-1 depthwise convolution goes backward as a forward one with the flipped kernel
+    (even kernels' SAME padding is lopsided and swaps sides); the rest keep TensorFlow's op."""
+    rng = np.random.default_rng(kernel * 10 + multiplier)
+    weights = rng.normal(size=(kernel, kernel, 3, multiplier)).astype(np.float32)
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, None, None, 3], name="x")
+        top = tf.nn.depthwise_conv2d(x, weights, [1, stride, stride, 1], padding, name="top")
+        references = [tf.gradients(tf.reduce_sum(top[..., c]), x)[0] for c in range(3 * multiplier)]
+    image = rng.normal(size=(1, 9, 9, 3)).astype(np.float32)
+    with tf.compat.v1.Session(graph=graph) as session:
+        expected = np.stack(session.run(references, {x: image}))[:, 0]
+    result = reconstruct(graph, {"x:0": image}, "top", "gradient")[0]
+    assert_reordered_close(result, expected)

@@ -8,10 +8,14 @@ values (batch 1) are broadcast against it. Building this costs a few ops
 per layer of the network, where a parallel-for conversion of ``tf.gradients``
 costs a graph rewrite per layer and target.
 
-The walk covers the ops of common CNNs (convolutions, biases, rectifiers,
-sigmoid and tanh, pooling, padding, concatenation, flattening, dense
-layers, sums, products and scaling by weights); a path with any other op gets None, and the
-caller falls back to the parallel-for pass. Rules come from
+The walk covers the ops of the keras.applications families (convolutions,
+grouped and depthwise ones included, biases, rectifiers and the smooth
+activations of :mod:`tf_cnnvis.activation_functions`, sigmoid, tanh and
+softmax, pooling with tiling or overlapping windows, padding, cropping,
+concatenation, flattening, transposes, dense layers on vectors and on every
+position of a map, LayerNormalization's statistics, sums, products and
+scaling by weights); a path with any other op gets None, and the caller
+falls back to the parallel-for pass. Rules come from
 :mod:`tf_cnnvis.rules`, so both passes compute the same thing. One step is
 fused: a max-pool over a ReLU goes back in one select (see
 :func:`tf_cnnvis.rules.pool_over_relu`).
@@ -32,8 +36,8 @@ import tensorflow as tf
 
 from tf_cnnvis.activation_functions import FUNCTIONS
 from tf_cnnvis.graph import ops_between
-from tf_cnnvis.rules import (RULES, Switches, activation_input_index, flipped_kernel, forward_part, item_shape,
-                             pool_over_relu, sizes_of_batch, transposed_padding)
+from tf_cnnvis.rules import (RULES, Switches, activation_input_index, depthwise_input_gradient, flipped_kernel,
+                             forward_part, item_shape, pool_over_relu, sizes_of_batch, transposed_padding)
 
 __all__ = ["backward_path", "batched_gradient", "channelwise_head", "seeds_below_head"]
 
@@ -382,12 +386,7 @@ def _avg_pool(step: _Step, grad):
 
 
 def _depthwise_conv(step: _Step, grad):
-    op = step.op
-    return {0: tf.raw_ops.DepthwiseConv2dNativeBackpropInput(
-        input_sizes=sizes_of_batch(op.inputs[0], grad, step.items), filter=op.inputs[1], out_backprop=grad,
-        strides=op.get_attr("strides"), padding=op.get_attr("padding"),
-        explicit_paddings=op.get_attr("explicit_paddings"), data_format=op.get_attr("data_format"),
-        dilations=op.get_attr("dilations"))}
+    return {0: depthwise_input_gradient(step.op, grad, step.op.inputs[1], step.items)}
 
 
 def _unpad(step: _Step, grad):

@@ -1,12 +1,23 @@
 """Backward rules: what each method does to the gradient at each op.
 
-=============  ==============================  ==============================
-method         ReLU backward (g upstream)      source
-=============  ==============================  ==============================
-``gradient``   g * [x > 0]                     Simonyan et al. 2014 (saliency)
-``deconvnet``  relu(g)                         Zeiler & Fergus 2014
-``guided``     g * [x > 0] * [g > 0]           Springenberg et al. 2015
-=============  ==============================  ==============================
+=============  =====================  ==========================  ===============================
+method         ReLU backward          smooth rectifier f          source
+=============  =====================  ==========================  ===============================
+``gradient``   g * [x > 0]            g * f'(x)                   Simonyan et al. 2014 (saliency)
+``deconvnet``  relu(g)                relu(g)                     Zeiler & Fergus 2014
+``guided``     g * [x > 0] * [g > 0]  relu(g) * max(f'(x), 0)     Springenberg et al. 2015
+=============  =====================  ==========================  ===============================
+
+(``g``: the upstream gradient; ``x``: the activation's input.) The smooth
+rectifiers are SiLU, GELU in both forms, hard-swish, Mish and softplus
+(:data:`tf_cnnvis.activation_functions.FUNCTIONS`, which also gives each
+``f'``); their rules sit on the op that outputs the function and send the
+gradient straight to ``x``. Gates (hard-sigmoid, like sigmoid and softmax)
+pass their derivative in every method. A ``tf.custom_gradient`` function
+that is none of these is differentiated through its forward ops (its own
+gradient is Python bound to the graph it was traced in). Grouped
+convolutions go backward without the grouped ``Conv2DBackpropInput`` that
+TensorFlow's CPU kernels lack without oneDNN.
 
 Max-pool backward (routing to the recorded switch) and the transposed
 convolutions are the same in all three. The rules are written for a backward
@@ -165,6 +176,7 @@ def activation_input(op):
 
 
 def activation_input_index(op) -> int:
+    """Which input of an op that carries an activation rule is the activation's x."""
     try:
         return op.get_attr(INPUT_ATTR)
     except ValueError:
@@ -303,20 +315,22 @@ def flipped_kernel(op):
     return tf.transpose(tf.reverse(op.inputs[1], [0, 1]), [0, 1, 3, 2])
 
 
-def transposed_padding(op):
-    """Padding that makes a stride-1 Conv2D's input gradient a plain convolution, or None.
+def transposed_padding(op, grouped: bool = False):
+    """Padding that makes a stride-1 convolution's input gradient a plain convolution, or None.
 
     The gradient of a stride-1 convolution with respect to its input is the
     convolution of the upstream gradient with the flipped kernel, padded by
     ``k - 1 - p`` where the forward pass padded by ``p``. TensorFlow's CPU
     kernels run it as a forward convolution up to 2.7x faster than its
-    ``Conv2DBackpropInput``. Grouped, strided and dilated convolutions and
-    other layouts keep ``Conv2DBackpropInput`` (None).
+    ``Conv2DBackpropInput`` (and 1.3-2.6x faster than a depthwise
+    convolution's ``DepthwiseConv2dNativeBackpropInput``). Strided and dilated
+    convolutions and other layouts keep TensorFlow's op (None), and so do
+    grouped ones unless ``grouped`` (the caller handles the groups).
     """
     kernel, x = op.inputs[1].shape, op.inputs[0].shape
     if (op.get_attr("data_format") != b"NHWC" or list(op.get_attr("strides")) != [1, 1, 1, 1]
             or list(op.get_attr("dilations")) != [1, 1, 1, 1] or not kernel[:2].is_fully_defined()
-            or x[-1] is None or kernel[2] is None or x[-1] != kernel[2]):
+            or not grouped and (x[-1] is None or kernel[2] is None or x[-1] != kernel[2])):
         return None
     padding = op.get_attr("padding")
     pads = []
@@ -332,6 +346,32 @@ def transposed_padding(op):
             return None
         pads.append([size - 1 - before, size - 1 - after])
     return [[0, 0], *pads, [0, 0]]
+
+
+def _same_or(padding, kernel_size):
+    """``"SAME"`` where a stride-1 convolution's SAME padding is ``padding`` (odd kernels), else ``padding``."""
+    same = [[0, 0]] + [[(k - 1) // 2, k - 1 - (k - 1) // 2] for k in kernel_size] + [[0, 0]]
+    return "SAME" if padding == same else padding
+
+
+def depthwise_input_gradient(op, grad, kernel, items=None):
+    """Backward of a depthwise convolution with depthwise kernel ``kernel`` ``(kh, kw, C, m)``.
+
+    ``op`` is a ``DepthwiseConv2dNative`` (``kernel`` its filter) or a Keras
+    grouped ``Conv2D`` with one input channel per group (``kernel`` its
+    filter reshaped). Stride 1 and one output per channel: a forward
+    depthwise convolution with the flipped kernel (see
+    :func:`transposed_padding`); otherwise TensorFlow's op.
+    """
+    padding = transposed_padding(op, grouped=True)
+    if padding is not None and kernel.shape[3] == 1:
+        flipped = forward_part(op, lambda op: tf.reverse(kernel, [0, 1]), key=(op.name, "flipped depthwise"))
+        return tf.nn.depthwise_conv2d(grad, flipped, [1, 1, 1, 1], _same_or(padding, kernel.shape[:2]))
+    return tf.raw_ops.DepthwiseConv2dNativeBackpropInput(
+        input_sizes=sizes_of_batch(op.inputs[0], grad, items), filter=kernel, out_backprop=grad,
+        strides=op.get_attr("strides"), padding=op.get_attr("padding"),
+        explicit_paddings=op.get_attr("explicit_paddings"), data_format=op.get_attr("data_format"),
+        dilations=op.get_attr("dilations"))
 
 
 def item_shape(tensor):
@@ -368,9 +408,9 @@ def _grouped_conv_input_gradient(op, grad, groups: int):
              "explicit_paddings": op.get_attr("explicit_paddings"), "data_format": op.get_attr("data_format")}
     kh, kw, kernel_in, out = kernel.shape.as_list()
     if kernel_in == 1 and list(op.get_attr("dilations")) == [1, 1, 1, 1]:
-        depthwise = tf.reshape(kernel, [kh, kw, groups, out // groups])
-        return tf.raw_ops.DepthwiseConv2dNativeBackpropInput(
-            input_sizes=sizes_of_batch(op.inputs[0], grad), filter=depthwise, out_backprop=grad, **attrs)
+        depthwise = forward_part(op, lambda op: tf.reshape(kernel, [kh, kw, groups, out // groups]),
+                                 key=(op.name, "depthwise kernel"))
+        return depthwise_input_gradient(op, grad, depthwise)
     sizes = tf.concat([sizes_of_batch(op.inputs[0], grad)[:3], [kernel_in]], 0)
     per_group = out // groups
     parts = [tf.raw_ops.Conv2DBackpropInput(
@@ -393,9 +433,7 @@ def _conv_input_gradient(op, grad):
             explicit_paddings=op.get_attr("explicit_paddings"), data_format=op.get_attr("data_format"),
             dilations=op.get_attr("dilations"))
     else:
-        same = [[0, 0]] + [[(k - 1) // 2, k - 1 - (k - 1) // 2] for k in op.inputs[1].shape[:2]] + [[0, 0]]
-        data = tf.nn.conv2d(grad, forward_part(op, flipped_kernel), 1,
-                            "SAME" if padding == same else padding)
+        data = tf.nn.conv2d(grad, forward_part(op, flipped_kernel), 1, _same_or(padding, op.inputs[1].shape[:2]))
     return data, None
 
 
