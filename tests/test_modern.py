@@ -325,6 +325,70 @@ def test_efficientnet_as_a_frozen_pb_selects_the_same_activations(efficientnet, 
     assert named[-1].name == "top_activation"
 
 
+@pytest.fixture(scope="module")
+def convnext():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.applications.ConvNeXtTiny(weights=None, input_shape=(64, 64, 3))
+    return model, load_model(model)
+
+
+def unit_gradients(model, layer, x, units):
+    """d layer[0, y, x, c] / d image from the Keras model itself, one per ``(y, x, c)``: (units, H, W)."""
+    import keras
+
+    sub = keras.Model(model.inputs, model.get_layer(layer).output)
+    image = tf.constant(x)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(image)
+        output = sub(image, training=False)
+        picked = [output[0, y, x_, c] for y, x_, c in units]
+    return np.stack([np.abs(tape.gradient(value, image).numpy()[0]).sum(-1) for value in picked])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("net, finite, whole", [
+    ("efficientnet", ["stem_activation", "block1a_activation"], ["block2a_expand_activation"]),
+    # ConvNeXt: a 4x4/4 stem, then 7x7 depthwise convolutions at jump 4 (28 px, then 52 px).
+    ("convnext", ["convnext_tiny_stage_0_block_0_gelu", "convnext_tiny_stage_0_block_1_gelu"], []),
+])
+def test_unit_gradients_are_zero_outside_the_reported_field(net, finite, whole, request):
+    """The field reported for a unit of a real modern net is never smaller than its true support.
+
+    Sampled units (corners, centre and random ones, random channels) of
+    layers with a finite field: the Keras model's own gradient of the unit
+    is zero outside the field's box, and the box is smaller than the image
+    (so the check can fail). Layers after squeeze-and-excitation's global
+    gate depend on the whole image: no finite field is reported.
+    """
+    from tf_cnnvis.rebuild import rebuild
+    from tf_cnnvis.receptive_field import receptive_field
+
+    model, frozen = request.getfixturevalue(net)
+    rows = {row.name: row for row in tf_cnnvis.list_layers(frozen)}
+    graph = rebuild(frozen, "gradient").graph
+    size = (64, 64)
+    rng = np.random.default_rng(4)
+    x = rng.uniform(-1, 1, (1,) + size + (3,)).astype(np.float32)
+    for layer in whole:
+        assert receptive_field(graph, frozen.inputs[0], rows[layer].tensor, size) is None, layer
+    for layer in finite:
+        field = receptive_field(graph, frozen.inputs[0], rows[layer].tensor, size)
+        height, width, channels = model.get_layer(layer).output.shape[1:]
+        units = [(0, 0), (height // 2, width // 2), (height - 1, width - 1), (0, width - 1)]
+        units += [tuple(rng.integers(0, (height, width))) for _ in range(2)]
+        units = [(y, x_, int(rng.integers(channels))) for y, x_ in units]
+        gradients = unit_gradients(model, layer, x, units)
+        for (y, x_, c), gradient in zip(units, gradients):
+            top, left, bottom, right = field.box(y, x_, clip_to=size)
+            assert (bottom - top) * (right - left) < size[0] * size[1], f"{layer}: the field covers the image"
+            assert gradient[top:bottom, left:right].max() > 0, f"{layer} unit {(y, x_, c)}: no gradient"
+            outside = gradient.copy()
+            outside[top:bottom, left:right] = 0
+            assert not np.any(outside), f"{layer} unit {(y, x_, c)}: gradient outside its field {field.box(y, x_)}"
+
+
 # ---------------------------------------------------------------------- grouped convolutions
 
 def grouped_graph(kernels, groups, stride, padding, split):
