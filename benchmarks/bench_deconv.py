@@ -20,7 +20,20 @@ layers:
              backward convolutions on whole images against those on our
              crops and on each unit's exact support at every layer.
 
+Modern nets (``--modern``): EfficientNetB0 and ConvNeXtTiny at 224 px with
+random weights, one image, 32 channels of each of three activation layers,
+guided backprop. There (c) is the floor on the Keras model itself: the same
+objectives' plain gradients, vectorized over channels by TensorFlow's
+parallel-for Jacobian in one ``tf.function``, nothing written, first call
+(tracing included) against our first call (freezing included); (b) is the
+original's schedule on the graph with the same rules (the original itself
+cannot run these nets). It also prints, for VGG16 and both nets, the rate of
+the backward pass's convolutions (multiply-adds per second over the whole
+compute run) against a large ``tf.matmul`` timed in the same run, and the
+peak RSS of all 1280 channels of EfficientNetB0's last activation layer.
+
 Run:  python benchmarks/bench_deconv.py            (5-block net, 128 and 224 px)
+      python benchmarks/bench_deconv.py --modern   (EfficientNetB0, ConvNeXtTiny; --sizes to skip the 5-block net)
       python benchmarks/bench_deconv.py --vgg      (adds VGG16 at 224 px)
       python benchmarks/bench_deconv.py --memory   (peak RSS of one 512-channel VGG16 layer)
       python benchmarks/bench_deconv.py --allocator bfc
@@ -48,6 +61,7 @@ from tf_cnnvis.feeds import resolve_feed  # noqa: E402
 from tf_cnnvis.layers import select_layers  # noqa: E402
 from tf_cnnvis.load import load_model  # noqa: E402
 from tf_cnnvis.rebuild import RebuiltGraph, clear_cache, rebuild  # noqa: E402
+from tf_cnnvis.rules import with_gradient_rules  # noqa: E402
 from tf_cnnvis.utils import convert_into_grid, image_normalization  # noqa: E402
 from tf_cnnvis.write import SummaryWriter, encode_png, write_atomic  # noqa: E402
 
@@ -61,11 +75,19 @@ def _original_guided_relu(op, grad):
                     tf.zeros_like(grad))
 
 
-def original_reference(model, feed_value, input_name, layers, outdir, logdir, limit=None):
-    """The original's loop: 8 gradient ops per run, a summary image per channel."""
+def original_reference(model, feed_value, input_name, layers, outdir, logdir, limit=None, channels=None,
+                       with_rules=False):
+    """The original's loop: 8 gradient ops per run, a summary image per channel.
+
+    ``with_rules``: import the graph with the library's guided rules instead
+    of the original's one ReLU override (for nets the original cannot run:
+    ``tf.nn.silu``'s custom gradient, GELU). ``channels``: which channels of
+    each layer (default the first ``limit``).
+    """
     graph = tf.Graph()  # the original re-imported the graph on every call
-    with graph.as_default(), graph.gradient_override_map({"Relu": "OriginalGuidedRelu"}):
-        tf.import_graph_def(model.graph_def, name="")
+    graph_def = with_gradient_rules(model.graph_def, "guided") if with_rules else model.graph_def
+    with graph.as_default(), graph.gradient_override_map({} if with_rules else {"Relu": "OriginalGuidedRelu"}):
+        tf.import_graph_def(graph_def, name="")
     session = tf.compat.v1.Session(graph=graph)
     x = graph.get_tensor_by_name(input_name)
     writer = SummaryWriter.for_logdir(logdir)
@@ -76,12 +98,12 @@ def original_reference(model, feed_value, input_name, layers, outdir, logdir, li
             reconstruct = [tf.gradients(tf.transpose(tf.transpose(tensor)[featuremap[i]]), x)[0]
                            for i in range(8)]
         out = []
-        channels = min(layer.channels, limit or layer.channels)
-        for begin in range(0, channels, 8):
+        wanted = list(channels) if channels is not None else list(range(min(layer.channels, limit or layer.channels)))
+        for begin in range(0, len(wanted), 8):
             feed = {x: feed_value}
-            count = min(8, channels - begin)
+            count = min(8, len(wanted) - begin)
             for j in range(count):
-                feed[featuremap[j]] = begin + j
+                feed[featuremap[j]] = wanted[begin + j]
             out.extend(session.run(reconstruct[:count], feed_dict=feed))
         pictures = [image_normalization(r[0]) for r in out]
         for channel, picture in enumerate(pictures):
@@ -240,6 +262,194 @@ def measure(source, feed_value, layer_selector, label, limit=None, repeat=1):
     }
 
 
+MODERN = ("EfficientNetB0", "ConvNeXtTiny")
+
+
+def keras_application(name: str, size: int = 224, seed: int = 0):
+    """A keras.applications model with random weights (the hub's cannot be downloaded here)."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    return getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3))
+
+
+def fresh_copy(model):
+    """The same architecture and weights as a new object: freezing it is a first call again."""
+    import keras
+
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def activation_layers(model, count: int = 3) -> list[str]:
+    """``count`` of the model's rectifier layers, spread from a quarter of the way in to the last,
+    each a Keras layer with a spatial map larger than 1x1."""
+    rows = [row for row in tf_cnnvis.list_layers(fresh_copy(model)) if row.kind == "relu"]
+    names = {layer.name for layer in model.layers}
+    spatial = [row.name for row in rows if row.name in names
+               and all((d or 0) > 1 for d in model.get_layer(row.name).output.shape[1:3])]
+    picks = np.linspace(len(spatial) // 4, len(spatial) - 1, count).round().astype(int)
+    return [spatial[i] for i in picks]
+
+
+def keras_floor(model, picture, layers, channels: int):
+    """(first call, repeated call): the objectives' plain gradients on the Keras model itself.
+
+    One ``tf.function``: the forward pass, then per layer the Jacobian of
+    its first ``channels`` whole-map sums with respect to the image,
+    vectorized over channels by parallel-for. Nothing is written.
+    """
+    import keras
+
+    features = keras.Model(model.inputs, [model.get_layer(name).output for name in layers])
+
+    @tf.function
+    def floor_function(image):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(image)
+            outputs = features(image, training=False)
+            objectives = [tf.reduce_sum(output[0], axis=[0, 1])[:channels] for output in outputs]
+        return [tape.jacobian(objective, image) for objective in objectives]
+
+    image = tf.constant(picture)
+    first, _ = timed(lambda: [value.numpy() for value in floor_function(image)])
+    repeated, _ = timed(lambda: [value.numpy() for value in floor_function(image)])
+    return first, repeated
+
+
+def modern_row(name: str, channels: int = 32, size: int = 224) -> dict:
+    """(a) first and repeated call, (b) the original's schedule, (c) the Keras floor, for one modern net."""
+    tmp = tempfile.mkdtemp(prefix="bench_modern_")
+    model = keras_application(name, size)
+    picture = np.random.default_rng(0).uniform(0, 255, (1, size, size, 3)).astype(np.float32)
+    layers = activation_layers(model)
+    subset = list(range(channels))
+    count = channels * len(layers)
+    # Kernels warmed once for both sides (a tiny image through the Keras model).
+    model(np.zeros((1, size, size, 3), np.float32), training=False)
+    clear_cache()
+    first_model = fresh_copy(model)
+
+    def ours(source):
+        return tf_cnnvis.deconv_visualization(source, picture, layers=layers, method="guided", channels=subset,
+                                              path_outdir=os.path.join(tmp, "ours"),
+                                              path_logdir=os.path.join(tmp, "ours_log"))
+
+    first, _ = timed(lambda: ours(first_model))  # freezing, import, targets, compute, writing
+    repeated, _ = timed(lambda: ours(first_model))
+    floor_first, floor_repeated = keras_floor(model, picture, layers, channels)
+    frozen = load_model(first_model)
+    plain = rebuild(frozen, "gradient")
+    rows = select_layers(plain.graph, frozen, layers)
+    feed = resolve_feed(frozen, plain.graph, picture, None)
+    original, _ = timed(lambda: original_reference(frozen, feed.images, feed.input_name, rows,
+                                                   os.path.join(tmp, "orig"), os.path.join(tmp, "orig_log"),
+                                                   channels=subset, with_rules=True))
+    clear_cache()
+    per = lambda seconds: 1000 * seconds / count  # noqa: E731
+    return {"config": f"{name}, {size} px, {channels} ch of {', '.join(layers)}", "channels": count,
+            "ours_ms": per(first), "warm_ms": per(repeated), "orig_ms": per(original),
+            "floor_ms": per(floor_first), "floor_warm_ms": per(floor_repeated),
+            "a/c": first / floor_first, "warm/c warm": repeated / floor_repeated, "b/a": original / first,
+            "b/warm": original / repeated, "peak_rss_gb": peak_rss_gb()}
+
+
+def matmul_rate(n: int = 2048, repeat: int = 5) -> float:
+    """Multiply-adds per second of one large float32 ``tf.matmul`` on this machine, now."""
+    rng = np.random.default_rng(0)
+    a, b = (tf.constant(rng.normal(size=(n, n)).astype(np.float32)) for _ in range(2))
+    product = tf.function(lambda: tf.matmul(a, b))
+    product()
+    seconds, _ = timed(lambda: product().numpy(), repeat=repeat)
+    return n**3 / seconds
+
+
+def backward_conv_rate(source, picture, layers, channels: int, method: str = "guided", repeat: int = 2) -> dict:
+    """Multiply-adds per second of the backward pass's convolutions, whole maps, over a compute-only run.
+
+    Counts, per reconstruction, every convolution on the batched pass's path
+    at the output size it has for this image (the head crossed for all
+    channels at once counts one output channel per item; a Dense applied at
+    every position, ConvNeXt's pointwise layers, counts as the 1x1
+    convolution it is), and divides by the time of the library's fetches
+    for all the channels: the forward pass and every element-wise step are
+    in the time, so this is a lower bound of the convolutions' own rate.
+    """
+    from tf_cnnvis.backward import backward_path, channelwise_head
+    from tf_cnnvis.rules import rule_kinds
+
+    model = load_model(source)
+    rebuilt = rebuild(model, method)
+    rows = select_layers(rebuilt.graph, model, layers)
+    feed = resolve_feed(model, rebuilt.graph, picture, None)
+    image = rebuilt.tensor(feed.input_name)
+    dependent = rebuilt.dependent_ops(feed.input_name)
+    kinds = rule_kinds(model.graph_def)
+    macs = 0
+    for row in rows:
+        top = rebuilt.tensor(row.tensor)
+        path = backward_path(top, image, dependent, kinds)
+        head = channelwise_head(top.op, dependent)
+        convs = [op for op in path if op.type in ("Conv2D", "DepthwiseConv2dNative", "MatMul")]
+        with rebuilt.graph.as_default():
+            positions = [tf.reduce_prod(tf.shape(op.outputs[0])[:-1 if op.type == "MatMul" else 3][-2:])
+                         for op in convs]
+        counts = rebuilt.session.run(positions, feed.with_images(feed.images))
+        for op, count in zip(convs, counts):
+            per_position = int(np.prod(op.inputs[1].shape.as_list()))
+            if op is head:
+                per_position //= op.inputs[1].shape[-1]
+            macs += int(count) * per_position * min(channels, row.channels)
+    seconds = compute_only(rebuilt, feed, rows, repeat=repeat, limit=channels)
+    return {"macs": macs, "seconds": seconds, "rate": macs / seconds}
+
+
+def modern_memory_case(name: str, layer: str, size: int) -> dict:
+    """Peak RSS of deconv_visualization on every channel of one layer of a random-weight net (fresh process)."""
+    model = keras_application(name, size)
+    picture = np.random.default_rng(0).uniform(0, 255, (1, size, size, 3)).astype(np.float32)
+    tmp = tempfile.mkdtemp(prefix="bench_memory_")
+    seconds, result = timed(lambda: tf_cnnvis.deconv_visualization(
+        model, picture, layers=[layer], method="guided", path_outdir=os.path.join(tmp, "out"),
+        path_logdir=os.path.join(tmp, "log")))
+    return {"layer": f"{name} {layer}", "size": size, "channels": result.layers[0].channels,
+            "seconds": seconds, "peak_rss_gb": peak_rss_gb()}
+
+
+def modern(args):
+    rows = [modern_row(name, channels=args.modern_channels) for name in MODERN]
+    headers = ["config", "channels", "(a) first ms/ch", "(a) repeated ms/ch", "(b) orig ms/ch",
+               "(c) floor first ms/ch", "(c) floor repeated ms/ch", "a/c first", "a/c repeated", "b/a",
+               "b/a repeated", "peak RSS GB"]
+    table([[r["config"], r["channels"], f"{r['ours_ms']:.1f}", f"{r['warm_ms']:.1f}", f"{r['orig_ms']:.1f}",
+            f"{r['floor_ms']:.1f}", f"{r['floor_warm_ms']:.1f}", f"{r['a/c']:.2f}x", f"{r['warm/c warm']:.2f}x",
+            f"{r['b/a']:.2f}x", f"{r['b/warm']:.2f}x", f"{r['peak_rss_gb']:.2f}"] for r in rows], headers)
+
+    print("\nBackward convolutions, whole maps, guided, 224 px, against a 2048x2048 tf.matmul timed "
+          "right before and after each net (their mean):")
+    rates = []
+    for name, layers in (("VGG16", ["block3_conv3", "block4_conv3", "block5_conv3"]),
+                         *((name, None) for name in MODERN)):
+        model = keras_application(name)
+        picked = layers or activation_layers(model)
+        picture = np.random.default_rng(0).uniform(0, 255, (1, 224, 224, 3)).astype(np.float32)
+        before = matmul_rate()
+        rate = backward_conv_rate(model, picture, picked, args.modern_channels)
+        reference = (before + matmul_rate()) / 2
+        clear_cache()
+        rates.append([name, ", ".join(picked), f"{rate['macs'] / 1e9:.1f}", f"{rate['seconds']:.2f}",
+                      f"{rate['rate'] / 1e9:.1f}", f"{reference / 1e9:.1f}", f"{rate['rate'] / reference:.2f}"])
+    table(rates, ["net", f"layers ({args.modern_channels} channels each)", "GMAC", "s", "GMAC/s",
+                  "matmul GMAC/s", "fraction"])
+
+    output = subprocess.run([sys.executable, __file__, "--modern-memory-case", "EfficientNetB0", "top_activation",
+                             "224", "--allocator", args.allocator], check=True, capture_output=True, text=True).stdout
+    result = json.loads(output.strip().splitlines()[-1])
+    print(f"\n{result['layer']} ({result['channels']} channels) at {result['size']} px, written: "
+          f"{result['seconds']:.1f} s, peak RSS {result['peak_rss_gb']:.2f} GB")
+
+
 def memory_case(layer: str, size: int) -> dict:
     """Peak RSS of deconv_visualization on one VGG16 layer (run in a fresh process)."""
     from tf_cnnvis import models
@@ -266,7 +476,12 @@ def main():
     parser.add_argument("--allocator", choices=("default", "bfc"), default="default",
                         help="TensorFlow's CPU allocator for every side: its default, or the pooling "
                              "(BFC) one that the tf-cnnvis command picks")
+    parser.add_argument("--modern", action="store_true",
+                        help="EfficientNetB0 and ConvNeXtTiny at 224 px (random weights), backward convolution "
+                             "rates against tf.matmul, and the peak RSS of 1280 EfficientNetB0 channels")
+    parser.add_argument("--modern-channels", type=int, default=32, help="channels per layer on the modern nets")
     parser.add_argument("--memory-case", nargs=2, metavar=("LAYER", "SIZE"), help=argparse.SUPPRESS)
+    parser.add_argument("--modern-memory-case", nargs=3, metavar=("NET", "LAYER", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     # Read once, when TensorFlow makes its first device: nothing has run yet.
     os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = "true" if args.allocator == "bfc" else "false"
@@ -274,7 +489,13 @@ def main():
     if args.memory_case:
         print(json.dumps(memory_case(args.memory_case[0], int(args.memory_case[1]))))
         return
+    if args.modern_memory_case:
+        net, layer, size = args.modern_memory_case
+        print(json.dumps(modern_memory_case(net, layer, int(size))))
+        return
 
+    if args.modern:
+        modern(args)
     rows = []
     graph = five_block_graph()
     for size in args.sizes:
@@ -291,13 +512,14 @@ def main():
     headers = ["config", "channels", "(a) ours ms/ch", "(a) warm ms/ch", "(b) orig ms/ch", "(c) floor ms/ch",
                "(c') compute ms/ch", "b/a", "b/warm", "a/c", "warm/c", "a/c'", "warm/c'", "(a) unit ms",
                "(d) unit whole ms", "d/a", "unit equal", "peak RSS GB"]
-    table([[r["config"], r["channels"], f"{r['ours_ms']:.1f}", f"{r['warm_ms']:.1f}", f"{r['orig_ms']:.1f}",
-            f"{r['floor_ms']:.1f}", f"{r['compute_ms']:.1f}", f"{r['orig/ours']:.2f}x",
-            f"{r['orig_ms'] / r['warm_ms']:.2f}x", f"{r['ours/floor']:.2f}x",
-            f"{r['warm/floor']:.2f}x", f"{r['ours/compute']:.2f}x", f"{r['warm/compute']:.2f}x",
-            f"{r['unit_crop_ms']:.1f}",
-            f"{r['unit_whole_ms']:.1f}", f"{r['unit_speedup']:.1f}x", r["unit_equal"],
-            f"{r['peak_rss_gb']:.2f}"] for r in rows], headers)
+    if rows:
+        table([[r["config"], r["channels"], f"{r['ours_ms']:.1f}", f"{r['warm_ms']:.1f}", f"{r['orig_ms']:.1f}",
+                f"{r['floor_ms']:.1f}", f"{r['compute_ms']:.1f}", f"{r['orig/ours']:.2f}x",
+                f"{r['orig_ms'] / r['warm_ms']:.2f}x", f"{r['ours/floor']:.2f}x",
+                f"{r['warm/floor']:.2f}x", f"{r['ours/compute']:.2f}x", f"{r['warm/compute']:.2f}x",
+                f"{r['unit_crop_ms']:.1f}",
+                f"{r['unit_whole_ms']:.1f}", f"{r['unit_speedup']:.1f}x", r["unit_equal"],
+                f"{r['peak_rss_gb']:.2f}"] for r in rows], headers)
 
     for r in rows:
         print(f"\nd/a per layer, {r['config']} (in brackets the most a crop could gain: the backward "
