@@ -133,6 +133,15 @@ SMOOTHINGS = ("smoothgrad", "vargrad", "squaregrad")
 INTEGRATION_RULES = ("trapezoid", "riemann_right", "riemann_left", "riemann_middle")
 
 
+def check_labels(labels) -> list[str] | None:
+    """Class names, one per class, as strings (None: classes are named by their indices)."""
+    if labels is None:
+        return None
+    if isinstance(labels, (str, bytes)) or not hasattr(labels, "__len__") or not len(labels):
+        raise OptionError(f"labels={labels!r} must be a non-empty list of class names, one per class")
+    return [str(label) for label in labels]
+
+
 def check_attribution_methods(method) -> list[str]:
     """``method`` as a list of distinct attribution method names (one name or a non-empty list)."""
     items = [method] if isinstance(method, str) else method

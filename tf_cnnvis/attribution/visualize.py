@@ -9,6 +9,7 @@ colour-mapped pictures with the shared writer
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import logging
 
@@ -18,14 +19,14 @@ from tf_cnnvis.attribution import graph_ops
 from tf_cnnvis.attribution.methods import GRADIENT_CAMS, Job, Settings, attribute, patch_positions, variant_name
 from tf_cnnvis.attribution.pictures import write_maps
 from tf_cnnvis.errors import FeedError, OptionError
-from tf_cnnvis.feeds import resolve_feed
+from tf_cnnvis.feeds import Feed, resolve_feed
 from tf_cnnvis.layers import LayerInfo, layer_table
-from tf_cnnvis.load import load_model
+from tf_cnnvis.load import FrozenModel, load_model
 from tf_cnnvis.options import (CAM_METHODS, DEFAULT_MEMORY_BUDGET_MB, check_attribution_methods, check_integer,
-                               check_integration, check_memory_budget, check_model_source, check_pair,
-                               check_smoothing, is_integer)
+                               check_integration, check_labels, check_memory_budget, check_model_source,
+                               check_pair, check_smoothing, is_integer)
 from tf_cnnvis.progress import progress_bar
-from tf_cnnvis.rebuild import rebuild
+from tf_cnnvis.rebuild import RebuiltGraph, rebuild
 from tf_cnnvis.render import VisualizationResult, Writer
 
 logger = logging.getLogger("tf_cnnvis")
@@ -98,19 +99,10 @@ def attribution_visualization(graph_or_path=None, value_feed_dict=None, classes=
     check_memory_budget(memory_budget_mb)
     if isinstance(opacity, bool) or not isinstance(opacity, (int, float)) or not 0 <= opacity <= 1:
         raise OptionError(f"opacity={opacity!r} must be a number from 0 (the image alone) to 1 (the map alone)")
-    labels = _check_labels(labels)
-    model = load_model(check_model_source(graph_or_path, sess_graph_path), trust_model_code=trust_model_code)
-    rebuilt = rebuild(model, "gradient")
-    feed = resolve_feed(model, rebuilt.graph, value_feed_dict, input_tensor)
+    targets = class_targets(graph_or_path, value_feed_dict, classes, input_tensor, sess_graph_path, labels, output,
+                            trust_model_code, "attribution")
+    model, rebuilt, feed, scores, chosen = targets.model, targets.rebuilt, targets.feed, targets.scores, targets.classes
     images = feed.images
-    if images.ndim != 4 or images.dtype.kind != "f":
-        raise FeedError(f"attribution needs float images (N, H, W, C) at input {feed.input_name!r}; it is fed "
-                        f"{images.dtype} of shape {images.shape}")
-    scores = graph_ops.class_scores(rebuilt, model, feed.input_name, output)
-    if labels is not None and scores.channels is not None and len(labels) != scores.channels:
-        raise OptionError(f"labels has {len(labels)} names but the class scores {scores.tensor!r} have "
-                          f"{scores.channels} classes")
-    chosen = resolve_classes(classes, labels, images.shape[0], scores.channels)
     cam = None
     if any(name in CAM_METHODS for name in methods):
         cam = graph_ops.cam_layer(rebuilt, model, feed.input_name, scores, layer)
@@ -144,7 +136,7 @@ def attribution_visualization(graph_or_path=None, value_feed_dict=None, classes=
         arrays = attribute(job, methods)
     finally:
         bar.close()
-    names = [[_class_name(index, labels) for index in row] for row in job.classes.tolist()]
+    names = class_names(job.classes, targets.labels)
     result.arrays.update(arrays)
     result.arrays.update(classes=job.classes.copy(), class_names=names, scores=job.logits)
     if cam is not None:
@@ -157,16 +149,44 @@ def attribution_visualization(graph_or_path=None, value_feed_dict=None, classes=
     return result
 
 
-def _check_labels(labels):
-    if labels is None:
-        return None
-    if isinstance(labels, (str, bytes)) or not hasattr(labels, "__len__") or not len(labels):
-        raise OptionError(f"labels={labels!r} must be a non-empty list of class names, one per class")
-    return [str(label) for label in labels]
+@dataclasses.dataclass
+class ClassTargets:
+    """A model, its feed and class scores, and the classes asked of them: where attribution maps and
+    sanity checks both start."""
+
+    model: FrozenModel
+    rebuilt: RebuiltGraph  # under the plain gradient
+    feed: Feed
+    scores: LayerInfo  # the class scores (N, classes)
+    labels: list[str] | None
+    classes: np.ndarray  # (N, K) class indices; TOP_CLASS: each image's top class
 
 
-def _class_name(index: int, labels) -> str:
-    return labels[index] if labels is not None else str(index)
+def class_targets(graph_or_path, value_feed_dict, classes, input_tensor, sess_graph_path, labels, output,
+                  trust_model_code, what: str) -> ClassTargets:
+    """Load the model, match the feed (float images) and find the class scores and the classes.
+
+    ``what`` names the caller in the error for a feed that is not float images.
+    """
+    labels = check_labels(labels)
+    model = load_model(check_model_source(graph_or_path, sess_graph_path), trust_model_code=trust_model_code)
+    rebuilt = rebuild(model, "gradient")
+    feed = resolve_feed(model, rebuilt.graph, value_feed_dict, input_tensor)
+    images = feed.images
+    if images.ndim != 4 or images.dtype.kind != "f":
+        raise FeedError(f"{what} needs float images (N, H, W, C) at input {feed.input_name!r}; it is fed "
+                        f"{images.dtype} of shape {images.shape}")
+    scores = graph_ops.class_scores(rebuilt, model, feed.input_name, output)
+    if labels is not None and scores.channels is not None and len(labels) != scores.channels:
+        raise OptionError(f"labels has {len(labels)} names but the class scores {scores.tensor!r} have "
+                          f"{scores.channels} classes")
+    chosen = resolve_classes(classes, labels, images.shape[0], scores.channels)
+    return ClassTargets(model, rebuilt, feed, scores, labels, chosen)
+
+
+def class_names(classes: np.ndarray, labels: list[str] | None) -> list[list[str]]:
+    """The name of each class of ``classes`` ``(N, K)``: its label, else its index."""
+    return [[labels[index] if labels is not None else str(index) for index in row] for row in classes.tolist()]
 
 
 def resolve_classes(classes, labels, count: int, size: int | None) -> np.ndarray:

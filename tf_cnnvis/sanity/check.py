@@ -23,13 +23,12 @@ import numpy as np
 from tf_cnnvis import compute
 from tf_cnnvis.attribution import graph_ops
 from tf_cnnvis.attribution.batches import in_chunks
-from tf_cnnvis.attribution.visualize import resolve_classes
-from tf_cnnvis.errors import FeedError, OptionError
-from tf_cnnvis.feeds import Feed, resolve_feed
+from tf_cnnvis.attribution.visualize import class_names, class_targets
+from tf_cnnvis.errors import OptionError
+from tf_cnnvis.feeds import Feed
 from tf_cnnvis.layers import LayerInfo, layer_table, select_layers
-from tf_cnnvis.load import load_model
 from tf_cnnvis.options import (DEFAULT_MEMORY_BUDGET_MB, METHODS, RANDOMIZATIONS, check_channels, check_integer,
-                               check_memory_budget, check_model_source, check_sanity_methods)
+                               check_memory_budget, check_sanity_methods)
 from tf_cnnvis.progress import progress_bar
 from tf_cnnvis.rebuild import rebuild
 from tf_cnnvis.render import VisualizationResult, Writer, display_image, image_parts
@@ -179,19 +178,10 @@ def _setup(graph_or_path, value_feed_dict, methods, classes, input_tensor, sess_
     """Check everything that needs the model (``methods`` already checked) and resolve it."""
     attribution_options = check_attribution_options(attribution_options)
     check_memory_budget(memory_budget_mb)
-    labels = _check_labels(labels)
-    model = load_model(check_model_source(graph_or_path, sess_graph_path), trust_model_code=trust_model_code)
-    rebuilt = rebuild(model, "gradient")
-    feed = resolve_feed(model, rebuilt.graph, value_feed_dict, input_tensor)
+    targets = class_targets(graph_or_path, value_feed_dict, classes, input_tensor, sess_graph_path, labels, output,
+                            trust_model_code, "a sanity check")
+    model, rebuilt, feed, scores, chosen = targets.model, targets.rebuilt, targets.feed, targets.scores, targets.classes
     images = feed.images
-    if images.ndim != 4 or images.dtype.kind != "f":
-        raise FeedError(f"a sanity check needs float images (N, H, W, C) at input {feed.input_name!r}; it is fed "
-                        f"{images.dtype} of shape {images.shape}")
-    scores = graph_ops.class_scores(rebuilt, model, feed.input_name, output)
-    if labels is not None and scores.channels is not None and len(labels) != scores.channels:
-        raise OptionError(f"labels has {len(labels)} names but the class scores {scores.tensor!r} have "
-                          f"{scores.channels} classes")
-    chosen = resolve_classes(classes, labels, images.shape[0], scores.channels)
     logits = _class_scores(rebuilt, feed, scores, images, memory_budget_mb)
     chosen = np.where(chosen == graph_ops.TOP_CLASS, logits.argmax(axis=1)[:, None], chosen)
     target = None
@@ -212,19 +202,11 @@ def _setup(graph_or_path, value_feed_dict, methods, classes, input_tensor, sess_
     elif target_channel is not None:
         raise OptionError(f"target_channel={target_channel!r} needs target_layer (the layer whose channel the "
                           "reconstructions show); without it they show each image's class score")
-    names = [[labels[index] if labels is not None else str(index) for index in row] for row in chosen.tolist()]
+    names = class_names(chosen, targets.labels)
     maker = MapMaker(methods=methods, feed=feed, classes=chosen, scores=scores, output=output, target_layer=target,
                      target_channel=target_channel, attribution_options=attribution_options,
                      memory_budget_mb=memory_budget_mb)
     return _Setup(model, feed, scores, chosen, names, logits, maker)
-
-
-def _check_labels(labels):
-    if labels is None:
-        return None
-    if isinstance(labels, (str, bytes)) or not hasattr(labels, "__len__") or not len(labels):
-        raise OptionError(f"labels={labels!r} must be a non-empty list of class names, one per class")
-    return [str(label) for label in labels]
 
 
 def _class_scores(rebuilt, feed: Feed, scores: LayerInfo, images: np.ndarray, memory_budget_mb: float) -> np.ndarray:
