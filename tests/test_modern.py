@@ -18,6 +18,7 @@ from tf_cnnvis.inlining import inline_function_calls
 from tf_cnnvis.load import load_model
 
 from numerics import assert_reordered_close
+from passes import batched_and_per_item
 
 METHODS = ("gradient", "deconvnet", "guided")
 SQRT_HALF = math.sqrt(0.5)
@@ -458,39 +459,14 @@ def modern_zoo_model(seed=0):
 def test_batched_pass_equals_the_parallel_for_pass_on_modern_ops(method, monkeypatch):
     """Every layer of the modern zoo goes through the batched pass, and gives what TensorFlow's own
     gradient machinery (with the same rules) gives per item."""
-    from tf_cnnvis import compute
-    from tf_cnnvis import rebuild as rebuild_module
-    from tf_cnnvis.feeds import resolve_feed
     from tf_cnnvis.layers import select_layers
 
     model = load_model(modern_zoo_model())
     x = np.random.default_rng(0).uniform(-1, 1, (1, 20, 20, 3)).astype(np.float32)
-    real = rebuild_module.batched_gradient
-    unbatched = []
-
-    def watched(top, *args):
-        result = real(top, *args)
-        if result is None:
-            unbatched.append(top.name)
-        return result
-
-    def results():
-        rebuilt = rebuild_module.rebuild(model, method)
-        feed = resolve_feed(model, rebuilt.graph, x, None)
-        layers = select_layers(rebuilt.graph, model, ["overlapping_pool", "layernorm", "pointwise", "grouped",
-                                                      "depthwise", "gate", "strided", "probabilities"])
-        values = compute.activations(rebuilt, feed, layers)
-        out = {(layer.name, target): compute.reconstruct(rebuilt, feed, layer, target=target, channels=[1, 2],
-                                                         layer_values=values[layer.tensor], crop=False)
-               for layer in layers for target in ("map", "unit")}
-        rebuild_module.clear_cache()
-        return out
-
-    monkeypatch.setattr(rebuild_module, "batched_gradient", watched)
-    batched = results()
+    names = ["overlapping_pool", "layernorm", "pointwise", "grouped", "depthwise", "gate", "strided", "probabilities"]
+    batched, per_item, unbatched = batched_and_per_item(
+        model, x, method, lambda graph, model: select_layers(graph, model, names), monkeypatch)
     assert len(batched) == 2 * 8 and unbatched == []
-    monkeypatch.setattr(rebuild_module, "batched_gradient", lambda *args: None)
-    per_item = results()
     for key, expected in per_item.items():
         assert np.abs(expected).max() > 0, key
         assert_reordered_close(batched[key], expected, err_msg=str(key))

@@ -14,6 +14,7 @@ from tf_cnnvis.receptive_field import receptive_field
 
 from conftest import small_keras_model
 from numerics import assert_reordered_close
+from passes import batched_and_per_item
 
 METHODS = ("gradient", "deconvnet", "guided")
 
@@ -455,35 +456,13 @@ def layer_zoo_model(seed=0):
 def test_batched_backward_pass_equals_the_parallel_for_pass(method, monkeypatch):
     """Every layer of a model with many op types goes through the batched pass (no parallel-for)
     and gives what the per-item parallel-for pass over TensorFlow's gradient machinery gives."""
-    from tf_cnnvis import rebuild as rebuild_module
-
     model = load_model(layer_zoo_model())
     x = np.random.default_rng(0).uniform(0, 1, (1, 16, 16, 3)).astype(np.float32)
-    real = rebuild_module.batched_gradient
-    unbatched = []
+    def choose(graph, model):
+        return select_layers(graph, model, "rpc") + select_layers(graph, model, ["dense"])
 
-    def watched(top, *args):
-        result = real(top, *args)
-        if result is None:
-            unbatched.append(top.name)
-        return result
-
-    def results():
-        rebuilt = rebuild(model, method)
-        feed = resolve_feed(model, rebuilt.graph, x, None)
-        layers = select_layers(rebuilt.graph, model, "rpc") + select_layers(rebuilt.graph, model, ["dense"])
-        values = compute.activations(rebuilt, feed, layers)
-        out = {(layer.name, target): compute.reconstruct(rebuilt, feed, layer, target=target, channels=[1, 2],
-                                                         layer_values=values[layer.tensor], crop=False)
-               for layer in layers for target in ("map", "unit")}
-        rebuild_module.clear_cache()
-        return out
-
-    monkeypatch.setattr(rebuild_module, "batched_gradient", watched)
-    batched = results()
+    batched, per_item, unbatched = batched_and_per_item(model, x, method, choose, monkeypatch)
     assert len(batched) >= 2 * 12 and unbatched == []
-    monkeypatch.setattr(rebuild_module, "batched_gradient", lambda *args: None)
-    per_item = results()
     nonzero = 0
     for key, expected in per_item.items():
         nonzero += np.abs(expected).max() > 0
