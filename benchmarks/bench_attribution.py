@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -47,7 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from common import peak_rss_gb, table  # noqa: E402
+from common import cpu_model, peak_rss_gb, table  # noqa: E402
 
 LAYER = "conv5_block3_out"
 SIZE = 224
@@ -59,16 +58,6 @@ QUICK = {"gradcam": (4, 1), "gradcam++": (4, 1), "scorecam": (1, 128), "smoothgr
 NO_PEER = {"integrated_gradients"}
 FLOOR_BATCH = 16  # items per run of the floor for the methods of many items
 
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # --------------------------------------------------------------------------- one method, in its own process

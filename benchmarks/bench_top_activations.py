@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -36,8 +34,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "examples"))
 sys.path.insert(0, os.path.join(HERE, ".."))
+sys.path.insert(0, HERE)
 
 import numpy as np  # noqa: E402
+
+from common import cpu_model, peak_rss_gb  # noqa: E402
 
 MODELS = {
     # name: (layers, default images, default batch size, default memory sizes, memory test's options)
@@ -47,16 +48,6 @@ MODELS = {
               (32, 128), {"k": 2, "channels": [0, 1, 2, 3]}),
 }
 
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def digits_stream(count: int, batch: int = 64, seed: int = 0):
@@ -106,7 +97,7 @@ def memory_child(name: str, count: int, batch: int, jit: bool):
     result = top_activations(model, stream(name, count, batch), layers, batch_size=batch, reconstruct=False,
                              path_outdir=None, jit_compile=jit, **options)
     seconds = time.perf_counter() - began
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_gb() * 1024
     print(json.dumps({"count": result.count, "peak_mb": peak_mb, "seconds": seconds,
                       "kept_images": int(len(result.image_index))}))
 

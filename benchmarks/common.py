@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import resource
 import time
 
@@ -47,6 +48,18 @@ def timed(function, repeat: int = 1):
         result = function()
         best = min(best, time.perf_counter() - start)
     return best, result
+
+
+def cpu_model() -> str:
+    """The CPU's model name, which the benchmarks print: ratios move between CPUs."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def peak_rss_gb() -> float:

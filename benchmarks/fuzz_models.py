@@ -20,7 +20,6 @@ import argparse
 import collections
 import json
 import os
-import platform
 import sys
 import tempfile
 import threading
@@ -31,18 +30,8 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 sys.path.insert(0, HERE)
 
 import model_fuzz  # noqa: E402
-from common import table  # noqa: E402
+from common import cpu_model, table  # noqa: E402
 
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as stream:
-            for line in stream:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main():
